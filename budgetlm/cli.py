@@ -1,0 +1,207 @@
+"""The `budgetlm` command. Each subcommand is documented by `budgetlm <command> --help`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2  # bad config or input: nothing was written
+EXIT_INTERRUPTED = 130
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from budgetlm.budget.clock import BudgetError
+    from budgetlm.config import ConfigError
+    from budgetlm.data.shards import ShardError
+    from budgetlm.train.checkpoint import CheckpointError
+    from budgetlm.train.session import RunExists
+
+    return (ConfigError, BudgetError, ShardError, CheckpointError, RunExists, FileNotFoundError)
+
+
+# -- train --------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from budgetlm.config import load_config
+    from budgetlm.train.session import finished_summary, open_run
+
+    config, overrides = _split_config_arg(args.config, args.overrides)
+    cfg = load_config(config, overrides)
+    if args.quiet:
+        cfg.train.progress_bar = False
+    if args.resume == "auto" and (done := finished_summary(cfg)) is not None:
+        print(f"run already finished: {done['run_dir']}")
+        _print_result(done)
+        return 0
+    trainer = open_run(cfg, resume=args.resume)
+    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    try:
+        summary = trainer.run(stop_after=args.stop_after)
+    finally:
+        if trainer.log is not None:
+            trainer.log.close()
+    if summary["status"] == "interrupted":
+        print(
+            f"interrupted at step {summary['steps']}; checkpoint saved. Continue with: "
+            f"budgetlm train {' '.join(sys.argv[2:])} --resume auto",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    _print_result(summary)
+    return 0
+
+
+def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """The config file is optional: a first argument with '=' is already an override."""
+    if config is not None and "=" in config:
+        return None, [config, *overrides]
+    return config, overrides
+
+
+def _print_result(summary: dict) -> None:
+    loss = summary.get("final_val_loss")
+    print(f"run directory: {summary['run_dir']}")
+    print(
+        f"status: {summary['status']} after {summary['steps']} steps "
+        f"({summary['budget']['text']} budget, {summary['epochs']} epochs)"
+    )
+    if loss is not None:
+        print(f"final held-out loss: {loss:.4f}")
+
+
+# -- prepare ------------------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.corpus is None:
+        from budgetlm.config import load_config
+        from budgetlm.train.session import resolve_data
+
+        config, overrides = _split_config_arg(args.config, args.overrides)
+        data = resolve_data(load_config(config, overrides))
+        path, meta = data.dataset.path, data.dataset.meta
+    else:
+        from budgetlm.data import load_prepared, prepare_dataset
+
+        if args.config or args.overrides:
+            raise SystemExit("give either --corpus ... or a config, not both")
+        path = prepare_dataset(
+            corpus=args.corpus,
+            tokenizer=args.tokenizer,
+            vocab_size=args.vocab_size,
+            out_dir=Path(args.out) if args.out else None,
+            val_fraction=args.val_fraction,
+            max_bytes=args.max_bytes,
+        )
+        meta = load_prepared(path).meta
+    print(f"prepared dataset: {path}")
+    print(json.dumps({k: meta[k] for k in meta if k not in ("key",)}, indent=1, default=str))
+    return 0
+
+
+# -- eval ---------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from budgetlm.train.session import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(Path(args.path), batches=args.batches, split=args.split)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+# -- shapes -------------------------------------------------------------------------------------
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    from budgetlm.models import format_preset_table
+
+    print(format_preset_table(args.names or None))
+    return 0
+
+
+# -- wiring -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="budgetlm",
+        description="Pre-train transformer LMs under a fixed compute budget and compare methods.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train one run under its budget",
+        description="Train a model under a budget. Overrides use dotted keys, "
+        "e.g. budget=300s optim.lr=1e-3 model.n_layers=6.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (optional: defaults train gpt-tiny)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value settings applied after the file")
+    p.add_argument(
+        "--resume",
+        metavar="auto|CHECKPOINT",
+        help="continue from the newest complete checkpoint of this run (auto) "
+        "or from a given checkpoint directory",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="checkpoint and stop after N steps of this session (resume later)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize a corpus into checksummed token shards",
+        description="Train a tokenizer and write token shards (cached by content "
+        "hash). Either name a corpus, or give a config to prepare its data.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config whose data section to prepare")
+    p.add_argument("overrides", nargs="*", help="key.sub=value settings for the config")
+    p.add_argument("--corpus", help="fixture | bundled | PATH (.txt/.jsonl/dir) | hf:NAME[:CONFIG]")
+    p.add_argument("--tokenizer", default="bpe", choices=["bpe", "wordpiece", "unigram", "gpt2"])
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--val-fraction", type=float, default=0.02)
+    p.add_argument("--max-bytes", type=int, help="read at most this much text")
+    p.add_argument("--out", help="output directory (default: the cache, by content hash)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "eval",
+        help="held-out loss of a run or checkpoint",
+        description="Held-out loss (fixed split, fixed masks) of a run directory's "
+        "newest checkpoint, or of a given checkpoint directory.",
+    )
+    p.add_argument("path", help="run directory or checkpoint directory")
+    p.add_argument("--batches", type=int, help="number of held-out batches (default: the run's)")
+    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "shapes",
+        help="table of model presets with parameters and FLOPs/token",
+        description="Model shape presets. Scale Efficiently variants are parsed "
+        "from names, e.g. t5-se-small-nl16, t5-se-base-dm1024.",
+    )
+    p.add_argument("names", nargs="*", help="presets or variants to show (default: all presets)")
+    p.set_defaults(func=cmd_shapes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"budgetlm {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The plug-in interface of the one training loop.
+
+A method is a thin object whose hooks the loop calls at named events; the transformation itself
+lives in a pure function next to it (Composer style). A method never forks the loop. Events, in
+the order the loop calls them for one optimizer step:
+
+    plan_step        decide what this step will do (active layers, batch selection) before its cost
+                     is computed: whatever is set on the StepPlan is what gets charged
+    before_batch     may transform each micro-batch (e.g. keep only selected examples)
+    after_forward    sees each micro-batch's ModelOutput (per-example losses for selection)
+    before_optimizer_step / after_optimizer_step
+    on_progress      after the step is charged, with the new progress p (growth, stacking points)
+    on_eval          after each held-out evaluation
+
+State that changes during training must come back from `state_dict()` (tensors allowed) so a
+resumed run continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from budgetlm.budget.clock import Pass
+    from budgetlm.models import ModelOutput
+    from budgetlm.train.state import TrainState
+
+
+@dataclass
+class StepPlan:
+    """What one optimizer step will do; methods edit it in `plan_step`.
+
+    `active` maps a stack name to the block indices to run (None: all blocks).
+    `extra_passes` are additional passes the step runs (selection forwards, Hessian passes):
+    they are charged to the clock with the training passes.
+    """
+
+    step: int
+    batch_size: int
+    micro_batches: int
+    active: dict[str, list[int]] | None = None
+    extra_passes: list[Pass] = field(default_factory=list)
+
+
+class Method:
+    """Base class: every hook is a no-op, so a method overrides only the events it needs."""
+
+    name: str = "method"
+
+    def on_start(self, state: TrainState) -> None:
+        pass
+
+    def plan_step(self, state: TrainState, plan: StepPlan) -> None:
+        pass
+
+    def before_batch(
+        self, state: TrainState, plan: StepPlan, batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return batch
+
+    def after_forward(
+        self, state: TrainState, batch: dict[str, torch.Tensor], output: ModelOutput
+    ) -> None:
+        pass
+
+    def before_optimizer_step(self, state: TrainState) -> None:
+        pass
+
+    def after_optimizer_step(self, state: TrainState) -> None:
+        pass
+
+    def on_progress(self, state: TrainState, p: float) -> None:
+        pass
+
+    def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

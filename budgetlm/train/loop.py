@@ -1,0 +1,282 @@
+"""The one training loop. Methods plug into its events (see budgetlm/methods/base.py).
+
+Per optimizer step:
+  1. plan     methods edit a StepPlan (active layers, extra passes); the plan becomes `Work`,
+              the clock says the progress p the step reaches once charged (p = 1 on the last)
+  2. lr       every schedule is evaluated at that p
+  3. run      micro-batches (gradient accumulation, token-weighted), clip, optimizer step
+  4. charge   the clock adds the step's cost in every unit; wall time excludes eval and I/O
+  5. observe  log, evaluate and checkpoint at progress points, then stop when the budget is spent
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from budgetlm.config import TrainConfig
+from budgetlm.methods.base import StepPlan
+from budgetlm.models import ModelShape
+from budgetlm.optim import set_lr
+from budgetlm.schedules import ScheduleSpec
+from budgetlm.train.checkpoint import prune_checkpoints
+from budgetlm.train.evaluate import heldout_loss
+from budgetlm.train.metrics import MetricsLog
+from budgetlm.train.state import TrainState
+from budgetlm.train.work import step_work
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM ask the loop to checkpoint after the current step and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        with contextlib.suppress(ValueError):  # signals only work in the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _next_point(progress: float, every: float) -> float:
+    """The next multiple of `every` strictly above `progress` (inf when `every` is 0)."""
+    if every <= 0:
+        return math.inf
+    return (math.floor(progress / every + 1e-9) + 1) * every
+
+
+@dataclass
+class Trainer:
+    state: TrainState
+    shape: ModelShape
+    stream: Any  # budgetlm.data.loader.BatchStream
+    eval_batches: list[dict[str, torch.Tensor]]
+    schedule: ScheduleSpec
+    device: torch.device
+    cfg: TrainConfig
+    run_dir: Path
+    tokens_per_example: int
+    grad_clip: float
+    checkpoint_meta: dict[str, Any]
+    forward: Callable[..., Any] | None = None  # the compiled model, when compiling
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    log: MetricsLog | None = None
+    _last: dict[str, Any] = field(default_factory=dict)
+
+    # -- one step ---------------------------------------------------------------------------
+    def _micro_batches(self, plan: StepPlan) -> list[dict[str, torch.Tensor]]:
+        size = plan.batch_size // plan.micro_batches
+        out = []
+        for i in range(plan.micro_batches):
+            batch = self.stream.batch(plan.step, i * size, (i + 1) * size)
+            for m in self.state.methods:
+                batch = m.before_batch(self.state, plan, batch)
+            out.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
+        return out
+
+    def _train_step(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
+        state, model = self.state, self.state.model
+        forward = self.forward or model
+        model.train()
+        state.optimizer.zero_grad(set_to_none=True)
+        batches = self._micro_batches(plan)
+        # Token-weighted accumulation: the step's loss is the mean over all its target tokens.
+        counts = [int((b["labels"] != -100).sum()) for b in batches]
+        total = max(1, sum(counts))
+        step_loss = torch.zeros((), device=self.device)
+        for batch, count in zip(batches, counts, strict=True):
+            with self.autocast():
+                out = forward(batch, active=plan.active)
+            for m in state.methods:
+                m.after_forward(state, batch, out)
+            (out.loss * (count / total)).backward()
+            step_loss += out.loss.detach().float() * (count / total)
+        grad_norm = None
+        if self.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        for m in state.methods:
+            m.before_optimizer_step(state)
+        state.optimizer.step()
+        for m in state.methods:
+            m.after_optimizer_step(state)
+        return step_loss, grad_norm
+
+    # -- observation --------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        metrics = heldout_loss(self.state.model, self.eval_batches, self.device, self.autocast())
+        for m in self.state.methods:
+            m.on_eval(self.state, metrics)
+        return metrics
+
+    def _record(self, event: str, **values: Any) -> dict[str, Any]:
+        clock = self.state.clock
+        record = {
+            "event": event,
+            "step": self.state.step,
+            "p": round(clock.progress, 6),
+            "tokens": clock.spent["tokens"],
+            "flops": clock.spent["flops"],
+            "wall_s": round(clock.spent["seconds"], 4),
+            "rst_s": clock.spent["rst"] if "rst" in clock.extra_costs else None,
+            "epoch": round(self.stream.epochs_at(self.state.step), 4),
+            **values,
+        }
+        if self.log is not None:
+            self.log.write(record)
+        return record
+
+    def save(self) -> Path:
+        path = self.state.save(self.run_dir / "checkpoints", self.checkpoint_meta)
+        prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+        return path
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until the budget is spent (or `stop_after` steps, or a stop signal).
+
+        Returns the summary, also written to summary.json when the budget is spent.
+        """
+        state, clock, cfg = self.state, self.state.clock, self.cfg
+        budget = clock.budget
+        micro = cfg.micro_batch_size or cfg.batch_size
+        for m in state.methods:
+            m.on_start(state)
+        if state.step == 0 and cfg.eval_every > 0:
+            self._record("eval", **self.evaluate())
+        next_eval = _next_point(clock.progress, cfg.eval_every)
+        next_ckpt = _next_point(clock.progress, cfg.checkpoint_every)
+        steps_this_session = 0
+        window_steps, window_start = 0, time.perf_counter()
+        sync = self.device.type == "cuda" and budget.unit == "seconds"
+        bar = tqdm(
+            total=100.0,
+            initial=round(100 * clock.progress, 2),
+            unit="%",
+            disable=None if cfg.progress_bar else True,  # None: off when not a terminal
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]",
+            desc=f"budget {budget}",
+        )
+        status = "running"
+        with _StopSignals() as signals:
+            while not clock.done:
+                plan = StepPlan(
+                    step=state.step,
+                    batch_size=cfg.batch_size,
+                    micro_batches=cfg.batch_size // micro,
+                )
+                for m in state.methods:
+                    m.plan_step(state, plan)
+                work = step_work(self.shape, plan, self.tokens_per_example)
+                p, _ = clock.plan(work)
+                lr = self.schedule(p)
+                set_lr(state.optimizer, lr)
+                clock.start_step()
+                loss, grad_norm = self._train_step(plan)
+                if sync:
+                    torch.cuda.synchronize(self.device)
+                clock.charge(work)
+                state.step += 1
+                steps_this_session += 1
+                for m in state.methods:
+                    m.on_progress(state, clock.progress)
+
+                window_steps += 1
+                if state.step % cfg.log_every == 0 or clock.done:
+                    step_loss = float(loss)
+                    if not math.isfinite(step_loss):
+                        self._record("diverged", loss=step_loss, lr=lr)
+                        raise Diverged(
+                            f"loss is {step_loss} at step {state.step} (p={clock.progress:.3f}); "
+                            "lower optim.lr or raise optim.grad_clip"
+                        )
+                    elapsed = time.perf_counter() - window_start
+                    tokens_per_s = window_steps * work.tokens / max(elapsed, 1e-9)
+                    self._record(
+                        "train",
+                        loss=step_loss,
+                        lr=lr,
+                        grad_norm=None if grad_norm is None else float(grad_norm),
+                        tok_per_s=round(tokens_per_s, 1),
+                    )
+                    bar.set_postfix_str(
+                        f"loss {step_loss:.3f} lr {lr:.2e} left {budget.format(clock.left())}",
+                        refresh=False,
+                    )
+                    window_steps, window_start = 0, time.perf_counter()
+                bar.update(round(100 * clock.progress - bar.n, 4))
+
+                if clock.progress >= next_eval or clock.done:
+                    if cfg.eval_every > 0 or clock.done:
+                        self._last.update(self._record("eval", **self.evaluate()))
+                        if cfg.progress_bar:
+                            tqdm.write(
+                                f"step {state.step} p={clock.progress:.3f} "
+                                f"held-out loss {self._last['val_loss']:.4f} "
+                                f"(spent {budget.format(clock.spent[budget.unit])})",
+                                file=sys.stderr,
+                            )
+                    next_eval = _next_point(clock.progress, cfg.eval_every)
+                stop_now = signals.requested or (
+                    stop_after is not None and steps_this_session >= stop_after
+                )
+                if clock.progress >= next_ckpt or clock.done or stop_now:
+                    state.info["last_eval"] = {k: self._last.get(k) for k in ("val_loss", "step")}
+                    self.save()
+                    next_ckpt = _next_point(clock.progress, cfg.checkpoint_every)
+                if stop_now and not clock.done:
+                    status = "interrupted" if signals.requested else "stopped"
+                    break
+        bar.close()
+        if clock.done:
+            status = "finished"
+        return self._summary(status)
+
+    def _summary(self, status: str) -> dict[str, Any]:
+        clock = self.state.clock
+        last_eval = self._last if "val_loss" in self._last else self.state.info.get("last_eval", {})
+        summary = {
+            "status": status,
+            "run_dir": str(self.run_dir),
+            "budget": {
+                "amount": clock.budget.amount,
+                "unit": clock.budget.unit,
+                "text": str(clock.budget),
+            },
+            "steps": self.state.step,
+            "spent": dict(clock.spent),
+            "overshoot": clock.spent[clock.budget.unit] - clock.budget.amount,
+            "epochs": round(self.stream.epochs_at(self.state.step), 4),
+            "final_val_loss": last_eval.get("val_loss"),
+            "final_lr": self.schedule(clock.progress),
+            "wall_tokens_per_s": clock.spent["tokens"] / max(clock.spent["seconds"], 1e-9),
+        }
+        if status == "finished":
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary

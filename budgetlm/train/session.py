@@ -1,0 +1,313 @@
+"""From a Config to a ready Trainer: data, shape, model, optimizer, clock, run directory, resume.
+
+Everything that can fail from a bad setting fails here, before the run directory is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from budgetlm.budget.clock import Budget, Clock
+from budgetlm.config import (
+    RESUME_SAFE,
+    Config,
+    ConfigError,
+    config_diff,
+    dump_yaml,
+    model_overrides,
+)
+from budgetlm.data import BatchStream, eval_batches, load_prepared, make_objective, prepare_dataset
+from budgetlm.methods.base import Method
+from budgetlm.models import ModelShape, build_model, get_shape
+from budgetlm.optim import build_optimizer
+from budgetlm.schedules import make_schedule
+from budgetlm.train.checkpoint import CheckpointError, complete_checkpoints
+from budgetlm.train.loop import Trainer
+from budgetlm.train.metadata import run_metadata
+from budgetlm.train.metrics import MetricsLog, truncate_after
+from budgetlm.train.state import TrainState
+
+FAMILY_DEFAULTS = {
+    "gpt": ("bpe", "causal_lm"),
+    "bert": ("wordpiece", "mlm"),
+    "t5": ("unigram", "span_corruption"),
+}
+
+
+class RunExists(RuntimeError):
+    """The run directory already holds a run and no --resume was given."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available here")
+    return device
+
+
+def autocast_for(precision: str, device: torch.device):  # noqa: ANN201 - a context factory
+    if precision == "bf16" and device.type != "cuda":
+        raise ConfigError(
+            "train.precision=bf16 is refused on CPU: these CPUs have no bf16 units and run it "
+            "~25x slower than fp32. Use precision=fp32 (or auto)."
+        )
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@dataclass
+class DataBundle:
+    dataset: Any  # budgetlm.data.prepare.PreparedDataset
+    objective: Any
+    shape: ModelShape
+
+
+def resolve_data(cfg: Config, progress: bool = True) -> DataBundle:
+    """Prepare (or reuse) the dataset and fit the model shape to its tokenizer and objective."""
+    shape = get_shape(cfg.model.preset, **model_overrides(cfg.model))
+    default_tok, default_obj = FAMILY_DEFAULTS[shape.family]
+    d = cfg.data
+    objective_name = d.objective or default_obj
+    if objective_name != default_obj:
+        raise ConfigError(
+            f"data.objective={objective_name} does not fit a {shape.family} model "
+            f"(use {default_obj})"
+        )
+    if d.path:
+        path = Path(d.path)
+        if not (path / "meta.json").is_file():
+            raise ConfigError(f"data.path={path} is not a prepared dataset (no meta.json)")
+    else:
+        source_kwargs = {"text_field": d.text_field, "hf_split": d.hf_split}
+        if d.data_files:
+            source_kwargs["data_files"] = d.data_files
+        path = prepare_dataset(
+            corpus=d.corpus,
+            tokenizer=d.tokenizer or default_tok,
+            vocab_size=d.vocab_size or shape.vocab_size,
+            val_fraction=d.val_fraction,
+            max_bytes=d.max_bytes,
+            progress=progress,
+            **source_kwargs,
+        )
+    dataset = load_prepared(path)
+    params: dict[str, float] = {}
+    if objective_name == "mlm":
+        params = {"mask_prob": d.mask_prob}
+    elif objective_name == "span_corruption":
+        params = {"noise_density": d.noise_density, "mean_span": d.mean_span}
+    objective = make_objective(objective_name, dataset.tokenizer, shape.seq_len, **params)
+    # The model's vocabulary is the tokenizer's; T5's decoder length is the objective's.
+    fit = {"vocab_size": dataset.tokenizer.vocab_size}
+    if shape.family == "t5":
+        fit["target_len"] = objective.targets_length
+    return DataBundle(dataset, objective, dataclasses.replace(shape, **fit))
+
+
+def default_run_dir(cfg: Config) -> Path:
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    name = cfg.run.name or "run"
+    return Path(cfg.run.out_dir) / f"{name}-{cfg.hash()[:8]}"
+
+
+def tokens_per_example(objective: Any) -> int:
+    """Stream tokens one example consumes (causal LM windows overlap by one token)."""
+    return objective.raw_length - 1 if objective.name == "causal_lm" else objective.raw_length
+
+
+def open_run(
+    cfg: Config,
+    *,
+    resume: str | None = None,
+    methods: Sequence[Method] = (),
+    progress: bool = True,
+) -> Trainer:
+    """Build the Trainer for `cfg`; `resume` is None, 'auto' or a checkpoint directory."""
+    device = resolve_device(cfg.train.device)
+    autocast = autocast_for(cfg.train.precision, device)
+    budget = Budget.parse(cfg.budget)
+    run_dir = default_run_dir(cfg)
+    checkpoint = _find_resume_point(run_dir, resume)
+    if checkpoint is not None:
+        _check_resumable(run_dir, cfg)
+    elif (run_dir / "checkpoints").is_dir() and complete_checkpoints(run_dir / "checkpoints"):
+        raise RunExists(
+            f"{run_dir} already holds a run; continue it with --resume auto, or set run.name "
+            "(or run.dir) for a new one"
+        )
+
+    data = resolve_data(cfg, progress=progress and cfg.train.progress_bar)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(data.shape).to(device)
+    optimizer = build_optimizer(
+        cfg.optim.name,
+        model,
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+        device=device,
+    )
+    clock = Clock(budget)
+    state = TrainState(model=model, optimizer=optimizer, clock=clock, methods=list(methods))
+    checkpoint_meta = {"config_hash": cfg.hash(), "dataset_key": data.dataset.meta.get("key")}
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        saved = state.load(checkpoint)
+        if saved.get("dataset_key") != checkpoint_meta["dataset_key"]:
+            raise CheckpointError(
+                f"{checkpoint} was trained on dataset {saved.get('dataset_key')}, "
+                f"this config prepares {checkpoint_meta['dataset_key']}"
+            )
+        truncate_after(run_dir / "metrics.jsonl", state.step)
+    else:  # a first attempt that died before its first checkpoint leaves nothing to keep
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    _append_metadata(run_dir, device, data, resumed_from=checkpoint)
+
+    stream = BatchStream(
+        data.dataset.tokens("train"), data.objective, cfg.train.batch_size, seed=cfg.run.seed
+    )
+    heldout = eval_batches(
+        data.dataset.tokens("val"),
+        data.objective,
+        cfg.train.eval_batch_size or cfg.train.micro_batch_size or cfg.train.batch_size,
+        cfg.train.eval_batches,
+        seed=cfg.train.eval_seed,
+    )
+    log = MetricsLog(
+        run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None
+    )
+    return Trainer(
+        state=state,
+        shape=data.shape,
+        stream=stream,
+        eval_batches=heldout,
+        schedule=make_schedule(cfg.schedule.name, cfg.optim.lr, **cfg.schedule.options()),
+        device=device,
+        cfg=cfg.train,
+        run_dir=run_dir,
+        tokens_per_example=tokens_per_example(data.objective),
+        grad_clip=cfg.optim.grad_clip,
+        checkpoint_meta=checkpoint_meta,
+        forward=_compiled(model) if cfg.train.compile else None,
+        autocast=autocast,
+        log=log,
+    )
+
+
+def _compiled(model: torch.nn.Module):  # noqa: ANN202 - torch's compiled-module type
+    # BERT gathers the masked positions before its head, a data-dependent shape.
+    import torch._dynamo
+
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    return torch.compile(model)
+
+
+def _find_resume_point(run_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_dir():
+            raise CheckpointError(f"--resume {resume}: no such checkpoint directory")
+        return path
+    found = complete_checkpoints(run_dir / "checkpoints")
+    return found[-1] if found else None
+
+
+def _check_resumable(run_dir: Path, cfg: Config) -> None:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text())
+    changed = [
+        k
+        for k in config_diff(saved, cfg.to_dict())
+        if k not in RESUME_SAFE and not k.startswith("run.")
+    ]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {run_dir}: the config changed in {changed}; "
+            "start a new run (run.name=...) or undo those changes"
+        )
+
+
+def _append_metadata(
+    run_dir: Path, device: torch.device, data: DataBundle, resumed_from: Path | None
+) -> None:
+    path = run_dir / "meta.json"
+    meta = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
+    entry = run_metadata(device)
+    entry["resumed_from"] = str(resumed_from) if resumed_from else None
+    meta["attempts"].append(entry)
+    meta["dataset"] = {"path": str(data.dataset.path), **data.dataset.meta}
+    meta["shape"] = dataclasses.asdict(data.shape)
+    from budgetlm.models import count_params
+
+    meta["params"] = count_params(data.shape)
+    meta["params_non_embedding"] = count_params(data.shape, embeddings=False)
+    path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def finished_summary(cfg: Config) -> dict[str, Any] | None:
+    """The summary of a run with this config that already spent its budget, if any."""
+    path = default_run_dir(cfg) / "summary.json"
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        if summary.get("status") == "finished":
+            return summary
+    return None
+
+
+def evaluate_checkpoint(
+    path: Path, *, batches: int | None = None, split: str = "val"
+) -> dict[str, Any]:
+    """Held-out loss of a checkpoint (or a run directory's newest one) on its run's data."""
+    from budgetlm.config import load_config
+    from budgetlm.train.checkpoint import load_checkpoint
+    from budgetlm.train.evaluate import heldout_loss
+
+    if (path / "checkpoints").is_dir():
+        found = complete_checkpoints(path / "checkpoints")
+        if not found:
+            raise CheckpointError(f"{path}: no complete checkpoint to evaluate")
+        run_dir, checkpoint = path, found[-1]
+    else:
+        run_dir, checkpoint = path.parent.parent, path
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{path}: not a run directory or a checkpoint inside one")
+    cfg = load_config(run_dir / "config.yaml")
+    device = resolve_device(cfg.train.device)
+    data = resolve_data(cfg, progress=False)
+    model = build_model(data.shape).to(device)
+    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    held = eval_batches(
+        data.dataset.tokens(split),
+        data.objective,
+        cfg.train.eval_batch_size or cfg.train.micro_batch_size or cfg.train.batch_size,
+        batches or cfg.train.eval_batches,
+        seed=cfg.train.eval_seed,
+    )
+    metrics = heldout_loss(model, held, device, autocast_for(cfg.train.precision, device)())
+    return {"checkpoint": str(checkpoint), "split": split, **metrics}

@@ -1,0 +1,88 @@
+"""TrainState: everything that changes during training, in one place that checkpoints whole.
+
+Model weights, optimizer moments, the budget clock, the step counter, every method's state and
+the RNG streams. The data position needs no state of its own: batches are a pure function of
+(seed, step). Restoring a TrainState and continuing reproduces the uninterrupted run bit for bit
+on CPU.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from budgetlm.budget.clock import Clock
+from budgetlm.methods.base import Method
+from budgetlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    clock: Clock
+    methods: list[Method] = field(default_factory=list)
+    step: int = 0
+    # Small facts the run wants back after a resume (last eval, tokens seen, ...).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def parts(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint content, one entry per file pair."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": {
+                "step": self.step,
+                "clock": self.clock.state_dict(),
+                "info": self.info,
+                "meta": meta,
+            },
+            "rng": rng_state(),
+            "methods": {m.name: m.state_dict() for m in self.methods},
+        }
+
+    def save(self, directory: Path, meta: dict[str, Any]) -> Path:
+        return save_checkpoint(directory, self.step, self.parts(meta))
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Restore from a checkpoint directory; return the metadata it was saved with."""
+        parts = load_checkpoint(path)
+        missing = {"model", "optimizer", "trainer", "rng", "methods"} - set(parts)
+        if missing:
+            raise CheckpointError(f"{path}: missing parts {sorted(missing)}")
+        self.model.load_state_dict(parts["model"])
+        self.optimizer.load_state_dict(parts["optimizer"])
+        trainer = parts["trainer"]
+        self.step = int(trainer["step"])
+        self.clock.load_state_dict(trainer["clock"])
+        self.info = dict(trainer["info"])
+        saved_methods = parts["methods"]
+        names = sorted(m.name for m in self.methods)
+        if sorted(saved_methods) != names:
+            raise CheckpointError(
+                f"{path}: saved with methods {sorted(saved_methods)}, this run has {names}"
+            )
+        for m in self.methods:
+            m.load_state_dict(saved_methods[m.name])
+        set_rng_state(parts["rng"])
+        return dict(trainer["meta"])

@@ -1,0 +1,47 @@
+"""Describe one optimizer step as `Work` for the clock, from the model shape and the plan."""
+
+from __future__ import annotations
+
+from budgetlm.budget.clock import Pass, Work
+from budgetlm.methods.base import StepPlan
+from budgetlm.models import ModelShape, forward_flops
+
+STACKS = {"gpt": ("decoder",), "bert": ("encoder",), "t5": ("encoder", "decoder")}
+
+
+def stack_sizes(shape: ModelShape) -> dict[str, int]:
+    if shape.family == "t5":
+        return {"encoder": shape.n_layers, "decoder": shape.n_decoder_layers}
+    return {STACKS[shape.family][0]: shape.n_layers}
+
+
+def active_counts(
+    shape: ModelShape, active: dict[str, list[int]] | None
+) -> tuple[tuple[str, int], ...]:
+    sizes = stack_sizes(shape)
+    if active:
+        sizes.update({name: len(ids) for name, ids in active.items()})
+    return tuple(sorted(sizes.items()))
+
+
+def train_pass(shape: ModelShape, batch_size: int, active: dict[str, list[int]] | None) -> Pass:
+    """A forward + backward pass over `batch_size` sequences with the given active blocks."""
+    counts = active_counts(shape, active)
+    flops = 3 * forward_flops(shape, batch_size, active_layers=dict(counts))
+    return Pass("train", batch_size, counts, flops)
+
+
+def forward_pass(shape: ModelShape, batch_size: int, active: dict[str, list[int]] | None) -> Pass:
+    """A forward pass without gradients (batch selection, Hessian estimates charge these)."""
+    counts = active_counts(shape, active)
+    return Pass("forward", batch_size, counts, forward_flops(shape, batch_size, dict(counts)))
+
+
+def step_work(shape: ModelShape, plan: StepPlan, tokens_per_example: int) -> Work:
+    """The training passes of the plan (its batch in micro-batches) plus its extra passes."""
+    micro = plan.batch_size // plan.micro_batches
+    passes = [train_pass(shape, micro, plan.active)] * plan.micro_batches
+    return Work(
+        passes=tuple(passes + list(plan.extra_passes)),
+        tokens=plan.batch_size * tokens_per_example,
+    )

@@ -1,0 +1,39 @@
+"""Docs that must not drift from the code."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+from budgetlm.cli import build_parser
+from budgetlm.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _keys(cls, prefix=""):
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or f.name in {
+            "run",
+            "model",
+            "data",
+            "optim",
+            "schedule",
+            "train",
+        }:
+            yield from _keys(type(getattr(Config(), f.name)), f"{f.name}.")
+        else:
+            yield prefix + f.name
+
+
+def test_every_config_key_is_documented():
+    doc = (ROOT / "docs" / "config.md").read_text()
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", doc, re.M))
+    assert set(_keys(Config)) <= documented, set(_keys(Config)) - documented
+
+
+def test_every_command_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in commands:
+        assert f"### `budgetlm {name}" in readme, name
+    assert "make demo" in readme[:800] and "make test" in readme[:800]

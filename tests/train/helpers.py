@@ -1,0 +1,45 @@
+"""Tiny run configs for loop tests: models small enough that a step takes milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from budgetlm.config import Config, load_config
+
+PRESET = {"gpt": "gpt-tiny", "bert": "bert-tiny", "t5": "t5-tiny"}
+OPTIM = {
+    "gpt": ["optim.lr=3e-3", "schedule.name=warmup_linear"],
+    "bert": ["optim.lr=3e-3", "schedule.name=one_cycle"],
+    "t5": [
+        "optim.name=adamw_rms",
+        "optim.lr=2e-2",
+        "optim.weight_decay=0",
+        "schedule.name=warmup_cosine",
+    ],
+}
+
+
+def tiny_config(family: str, run_dir: Path, *overrides: str, small: bool = True) -> Config:
+    base = [
+        f"model.preset={PRESET[family]}",
+        "data.corpus=fixture",
+        "data.vocab_size=2048",
+        "data.val_fraction=0.05",
+        f"run.dir={run_dir}",
+        "train.batch_size=8",
+        "train.eval_batches=2",
+        "train.progress_bar=false",
+        "train.log_every=1",
+    ]
+    if small:  # milliseconds per step: for mechanics, not for learning
+        base += [
+            "model.n_layers=2",
+            "model.d_model=32",
+            "model.n_heads=2",
+            "model.d_kv=16",
+            "model.d_ff=64",
+            "model.seq_len=32",
+        ]
+        if family == "t5":
+            base += ["model.n_decoder_layers=2"]
+    return load_config(None, [*base, *OPTIM[family], *overrides])
