@@ -70,12 +70,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | adamw_rms
+    name: str = "adamw"  # adamw | adamw_rms | lion | sophia | muon
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # 0 disables clipping
+    options: dict[str, Any] = field(default_factory=dict)  # optimizer-specific settings
 
 
 @dataclass
@@ -113,14 +114,27 @@ class TrainConfig:
 
 
 @dataclass
+class RSTConfig:
+    """Reference-system time: the cost table that prices every pass (docs/rst.md)."""
+
+    table: str | None = None  # a table file; default: the shipped CPU reference table
+    fallback: str = "refuse"  # refuse | flops: price an uncovered shape from FLOPs (warned)
+    tolerance: float = 0.25  # largest relative distance of a measured point from the fit
+    allow_table_change: bool = False  # resume under a different table than the checkpoint's
+
+
+@dataclass
 class Config:
     budget: str = "200steps"
+    method: str = "none"  # efficient-training methods, combined with '+' (docs/methods.md)
+    methods: dict[str, Any] = field(default_factory=dict)  # methods.<name>.<option>
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rst: RSTConfig = field(default_factory=RSTConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -174,7 +188,7 @@ def load_config(
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         _set_dotted(raw, key.strip(), _parse_scalar(value))
-    cfg = _build(Config, raw, "")
+    cfg = build_dataclass(Config, raw, "")
     if cfg.run.name is None and path is not None:
         cfg.run.name = Path(path).stem
     validate(cfg)
@@ -204,7 +218,8 @@ def _suggest(name: str, options: typing.Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def build_dataclass(cls: type, raw: Any, where: str) -> Any:
+    """Build a config dataclass from a mapping, refusing unknown keys and wrong types."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
@@ -221,8 +236,16 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value if value is not None else {}, key + ".")
+        return build_dataclass(hint, value if value is not None else {}, key + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is dict:  # free-form options, validated by the plug-in that reads them
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return value
+    if hint is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -272,7 +295,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 # -- cross-field validation ---------------------------------------------------------------------
 
 _CHOICES = {
-    "optim.name": ("adamw", "adamw_rms"),
+    "rst.fallback": ("refuse", "flops"),
     "train.precision": ("auto", "fp32", "bf16"),
     "data.tokenizer": ("bpe", "wordpiece", "unigram", "gpt2"),
     "data.objective": ("causal_lm", "mlm", "span_corruption"),
@@ -295,6 +318,19 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"{key} must be one of {choices}, got {value!r}{_suggest(value, choices)}"
             )
+    from budgetlm.optim.factory import OPTIMIZERS
+
+    if cfg.optim.name not in OPTIMIZERS:
+        raise ConfigError(
+            f"optim.name must be one of {tuple(OPTIMIZERS)}, got {cfg.optim.name!r}"
+            f"{_suggest(cfg.optim.name, OPTIMIZERS)}"
+        )
+    from budgetlm.methods import parse_method_spec
+
+    try:
+        parse_method_spec(cfg.method)
+    except ValueError as e:
+        raise ConfigError(f"method: {e}") from e
     try:
         make_schedule(cfg.schedule.name, cfg.optim.lr, **cfg.schedule.options())
     except ValueError as e:

@@ -5,12 +5,20 @@ lives in a pure function next to it (Composer style). A method never forks the l
 the order the loop calls them for one optimizer step:
 
     plan_step        decide what this step will do (active layers, batch selection) before its cost
-                     is computed: whatever is set on the StepPlan is what gets charged
-    before_batch     may transform each micro-batch (e.g. keep only selected examples)
+                     is computed: whatever is set on the StepPlan is what gets charged. Work done
+                     here (selection forwards) counts towards the step's wall time; declare it
+                     in `plan.extra_passes` so RST/FLOP budgets charge it too
+    adjust_lr        may change the step's learning rate (schedule transfer after growth); it
+                     gets the schedule, a pure function of progress, and must keep lr(p=1) final
+    before_batch     may transform or replace each micro-batch (e.g. keep only selected examples)
     after_forward    sees each micro-batch's ModelOutput (per-example losses for selection)
     before_optimizer_step / after_optimizer_step
     on_progress      after the step is charged, with the new progress p (growth, stacking points)
     on_eval          after each held-out evaluation
+
+Methods read and may replace `state.model` and `state.optimizer` (growth); the loop always uses
+the current ones and charges by `state.model.shape`. `state.data` is the run's BatchStream
+(`batch(step, start, stop)`), `state.device` and `state.autocast()` what to forward with.
 
 State that changes during training must come back from `state_dict()` (tensors allowed) so a
 resumed run continues bit-exactly.
@@ -18,6 +26,7 @@ resumed run continues bit-exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +64,11 @@ class Method:
 
     def plan_step(self, state: TrainState, plan: StepPlan) -> None:
         pass
+
+    def adjust_lr(
+        self, state: TrainState, p: float, lr: float, schedule: Callable[[float], float]
+    ) -> float:
+        return lr
 
     def before_batch(
         self, state: TrainState, plan: StepPlan, batch: dict[str, torch.Tensor]

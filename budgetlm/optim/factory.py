@@ -1,13 +1,32 @@
-"""Build the optimizer named in the config, with weight decay only on matrices."""
+"""Build the optimizer named in the config, with weight decay only on matrices.
+
+Optimizers beyond AdamW live in their own modules, imported when a run names them. Such a module
+provides `build(model, *, lr, betas, eps, weight_decay, device, options) -> Optimizer` (it
+validates its own `options`, from `optim.options` in the config) and may provide
+`method_for(optimizer, context) -> Method | None` for work the loop must run and charge on its
+behalf (Sophia's Hessian passes).
+"""
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
 from budgetlm.optim.adamw_scale import AdamWScale
 
-OPTIMIZERS = ("adamw", "adamw_rms")
+# name -> module providing build(...); None for the built-ins below.
+OPTIMIZERS: dict[str, str | None] = {
+    "adamw": None,
+    "adamw_rms": None,
+    "lion": "budgetlm.optim.lion",
+    "sophia": "budgetlm.optim.sophia",
+    "muon": "budgetlm.optim.muon",
+}
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -25,6 +44,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
+def optimizer_module(name: str) -> ModuleType | None:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {tuple(OPTIMIZERS)}")
+    module = OPTIMIZERS[name]
+    if module is None:
+        return None
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise ValueError(f"optimizer {name!r} is not implemented yet") from e
+        raise
+
+
 def build_optimizer(
     name: str,
     model: nn.Module,
@@ -34,15 +67,27 @@ def build_optimizer(
     eps: float,
     weight_decay: float,
     device: torch.device | str = "cpu",
+    options: Mapping[str, Any] | None = None,
 ) -> torch.optim.Optimizer:
+    module = optimizer_module(name)
+    if module is not None:
+        return module.build(
+            model,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            device=device,
+            options=dict(options or {}),
+        )
+    if options:
+        raise ValueError(f"optimizer {name!r} takes no optim.options, got {sorted(options)}")
     groups = param_groups(model, weight_decay)
     if name == "adamw":
         # The fused kernel is fastest on CUDA; on CPU the default (foreach) path is used.
         fused = torch.device(device).type == "cuda"
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
-    if name == "adamw_rms":
-        return AdamWScale(groups, lr=lr, betas=betas, eps=eps)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    return AdamWScale(groups, lr=lr, betas=betas, eps=eps)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from budgetlm.config import TrainConfig
 from budgetlm.methods.base import StepPlan
-from budgetlm.models import ModelShape
 from budgetlm.optim import set_lr
 from budgetlm.schedules import ScheduleSpec
 from budgetlm.train.checkpoint import prune_checkpoints
@@ -35,6 +34,14 @@ from budgetlm.train.evaluate import heldout_loss
 from budgetlm.train.metrics import MetricsLog
 from budgetlm.train.state import TrainState
 from budgetlm.train.work import step_work
+
+
+def compile_model(model: torch.nn.Module) -> Callable[..., Any]:
+    # BERT gathers the masked positions before its head, a data-dependent shape.
+    import torch._dynamo
+
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    return torch.compile(model)
 
 
 class Diverged(RuntimeError):
@@ -74,7 +81,6 @@ def _next_point(progress: float, every: float) -> float:
 @dataclass
 class Trainer:
     state: TrainState
-    shape: ModelShape
     stream: Any  # budgetlm.data.loader.BatchStream
     eval_batches: list[dict[str, torch.Tensor]]
     schedule: ScheduleSpec
@@ -84,10 +90,20 @@ class Trainer:
     tokens_per_example: int
     grad_clip: float
     checkpoint_meta: dict[str, Any]
-    forward: Callable[..., Any] | None = None  # the compiled model, when compiling
+    compile: bool = False
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     log: MetricsLog | None = None
     _last: dict[str, Any] = field(default_factory=dict)
+    _compiled: tuple[Any, Any] | None = None
+
+    def _forward(self) -> Callable[..., Any]:
+        """The model to call: compiled when asked, recompiled if a method replaced the model."""
+        model = self.state.model
+        if not self.compile:
+            return model
+        if self._compiled is None or self._compiled[0] is not model:
+            self._compiled = (model, compile_model(model))
+        return self._compiled[1]
 
     # -- one step ---------------------------------------------------------------------------
     def _micro_batches(self, plan: StepPlan) -> list[dict[str, torch.Tensor]]:
@@ -102,7 +118,7 @@ class Trainer:
 
     def _train_step(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
         state, model = self.state, self.state.model
-        forward = self.forward or model
+        forward = self._forward()
         model.train()
         state.optimizer.zero_grad(set_to_none=True)
         batches = self._micro_batches(plan)
@@ -191,13 +207,15 @@ class Trainer:
                     batch_size=cfg.batch_size,
                     micro_batches=cfg.batch_size // micro,
                 )
+                clock.start_step()  # selection work done while planning counts as the step's
                 for m in state.methods:
                     m.plan_step(state, plan)
-                work = step_work(self.shape, plan, self.tokens_per_example)
+                work = step_work(state.model.shape, plan, self.tokens_per_example)
                 p, _ = clock.plan(work)
                 lr = self.schedule(p)
+                for m in state.methods:
+                    lr = m.adjust_lr(state, p, lr, self.schedule)
                 set_lr(state.optimizer, lr)
-                clock.start_step()
                 loss, grad_norm = self._train_step(plan)
                 if sync:
                     torch.cuda.synchronize(self.device)

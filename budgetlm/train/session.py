@@ -26,9 +26,11 @@ from budgetlm.config import (
     model_overrides,
 )
 from budgetlm.data import BatchStream, eval_batches, load_prepared, make_objective, prepare_dataset
+from budgetlm.methods import RunContext, build_methods
 from budgetlm.methods.base import Method
 from budgetlm.models import ModelShape, build_model, get_shape
 from budgetlm.optim import build_optimizer
+from budgetlm.optim.factory import optimizer_module
 from budgetlm.schedules import make_schedule
 from budgetlm.train.checkpoint import CheckpointError, complete_checkpoints
 from budgetlm.train.loop import Trainer
@@ -156,19 +158,43 @@ def open_run(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    context = RunContext(shape=data.shape, config=cfg, run_dir=run_dir)
+    try:
+        methods = [*methods, *build_methods(cfg.method, cfg.methods, context)]
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
     torch.manual_seed(cfg.run.seed)
-    model = build_model(data.shape).to(device)
-    optimizer = build_optimizer(
-        cfg.optim.name,
-        model,
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-        eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay,
-        device=device,
-    )
+    # A run whose model grew resumes at the grown shape; its checkpoint records it.
+    shape = _checkpoint_shape(checkpoint) or data.shape
+    model = build_model(shape).to(device)
+    try:
+        optimizer = build_optimizer(
+            cfg.optim.name,
+            model,
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay,
+            device=device,
+            options=cfg.optim.options,
+        )
+    except ValueError as e:
+        raise ConfigError(f"optim: {e}") from e
+    module = optimizer_module(cfg.optim.name)
+    if module is not None and hasattr(module, "method_for"):
+        companion = module.method_for(optimizer, context)
+        if companion is not None:
+            methods.append(companion)
     clock = Clock(budget)
-    state = TrainState(model=model, optimizer=optimizer, clock=clock, methods=list(methods))
+    state = TrainState(
+        model=model,
+        optimizer=optimizer,
+        clock=clock,
+        methods=list(methods),
+        device=device,
+        autocast=autocast,
+    )
     checkpoint_meta = {"config_hash": cfg.hash(), "dataset_key": data.dataset.meta.get("key")}
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,12 +221,12 @@ def open_run(
         cfg.train.eval_batches,
         seed=cfg.train.eval_seed,
     )
+    state.data = stream
     log = MetricsLog(
         run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None
     )
     return Trainer(
         state=state,
-        shape=data.shape,
         stream=stream,
         eval_batches=heldout,
         schedule=make_schedule(cfg.schedule.name, cfg.optim.lr, **cfg.schedule.options()),
@@ -210,18 +236,20 @@ def open_run(
         tokens_per_example=tokens_per_example(data.objective),
         grad_clip=cfg.optim.grad_clip,
         checkpoint_meta=checkpoint_meta,
-        forward=_compiled(model) if cfg.train.compile else None,
+        compile=cfg.train.compile,
         autocast=autocast,
         log=log,
     )
 
 
-def _compiled(model: torch.nn.Module):  # noqa: ANN202 - torch's compiled-module type
-    # BERT gathers the masked positions before its head, a data-dependent shape.
-    import torch._dynamo
+def _checkpoint_shape(checkpoint: Path | None) -> ModelShape | None:
+    if checkpoint is None:
+        return None
+    trainer = json.loads((checkpoint / "trainer.json").read_text())
+    from budgetlm.train.checkpoint import decode_tree
 
-    torch._dynamo.config.capture_dynamic_output_shape_ops = True
-    return torch.compile(model)
+    shape = decode_tree(trainer, {}).get("shape")
+    return ModelShape(**shape) if shape else None
 
 
 def _find_resume_point(run_dir: Path, resume: str | None) -> Path | None:

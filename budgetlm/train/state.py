@@ -8,7 +8,10 @@ on CPU.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,11 @@ class TrainState:
     step: int = 0
     # Small facts the run wants back after a resume (last eval, tokens seen, ...).
     info: dict[str, Any] = field(default_factory=dict)
+    # Runtime handles for methods, never checkpointed: the data stream (batches are a pure
+    # function of (seed, step)), the device and the autocast context factory.
+    data: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def parts(self, meta: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint content, one entry per file pair."""
@@ -53,6 +61,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "trainer": {
                 "step": self.step,
+                "shape": dataclasses.asdict(self.model.shape),
                 "clock": self.clock.state_dict(),
                 "info": self.info,
                 "meta": meta,

@@ -40,7 +40,7 @@ def test_each_family_learns_on_its_tiny_preset(family, tmp_path):
     trainer, summary, metrics = _train(cfg)
     evals = [m for m in metrics if m["event"] == "eval"]
     initial, final = evals[0]["val_loss"], evals[-1]["val_loss"]
-    vocab = trainer.shape.vocab_size
+    vocab = trainer.state.model.shape.vocab_size
     assert summary["status"] == "finished" and summary["steps"] == 100
     assert final < initial - 1.0, (initial, final)
     assert final < math.log(vocab) - 1.0
