@@ -13,12 +13,21 @@ EXIT_INTERRUPTED = 130
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from budgetlm.budget.clock import BudgetError
+    from budgetlm.budget.rst import TableError
     from budgetlm.config import ConfigError
     from budgetlm.data.shards import ShardError
     from budgetlm.train.checkpoint import CheckpointError
     from budgetlm.train.session import RunExists
 
-    return (ConfigError, BudgetError, ShardError, CheckpointError, RunExists, FileNotFoundError)
+    return (
+        ConfigError,
+        BudgetError,
+        TableError,
+        ShardError,
+        CheckpointError,
+        RunExists,
+        FileNotFoundError,
+    )
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -102,6 +111,48 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- calibrate ----------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from budgetlm.budget.calibrate import calibrate_config
+    from budgetlm.budget.rst import CostTable, TableError
+    from budgetlm.config import load_config
+
+    out = Path(args.out)
+    table = None
+    if out.is_file():
+        table = CostTable.load(out)
+    for config in args.configs:
+        config_path, overrides = _split_config_arg(config, args.set)
+        cfg = load_config(config_path, overrides)
+        entry, machine = calibrate_config(
+            cfg,
+            batch_sizes=args.batch_sizes,
+            optimizers=args.optimizers,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            progress=not args.quiet,
+            tolerance=args.tolerance,
+        )
+        if table is None:
+            table = CostTable(machine, tolerance=args.tolerance)
+        elif table.machine != machine:
+            raise TableError(
+                f"{out} was measured on {table.machine}, this machine is {machine}: "
+                "one table describes one reference machine; write a new file"
+            )
+        table.add(entry)  # fits and checks; refuses a bad entry with the offending points
+        worst = max(abs(r) for rs in entry.residuals.values() for r in rs)
+        print(
+            f"{entry.label}: {len(entry.points)} points, worst fit residual {worst:.1%}, "
+            f"optimizer step {entry.optimizer_seconds}"
+        )
+    table.save(out)
+    print(f"wrote {out} ({len(table.entries)} shapes, hash {table.hash[:12]})")
+    return 0
+
+
 # -- eval ---------------------------------------------------------------------------------------
 
 
@@ -173,6 +224,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
+        "calibrate",
+        help="measure an RST cost table on this machine",
+        description="Time forward and training passes of each config's model over a grid of "
+        "micro-batch sizes and active depths, and each optimizer's step; fit the cost model, "
+        "check it, and write (or extend) a versioned JSON table. See docs/rst.md.",
+    )
+    p.add_argument("configs", nargs="+", help="YAML configs whose model shapes to measure")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config"
+    )
+    p.add_argument("--out", required=True, help="table file to write (extended if it exists)")
+    p.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        help="micro-batch sizes (default: the micro-batch, its half and quarter)",
+    )
+    p.add_argument("--optimizers", nargs="+", help="optimizers to time (default: config's, adamw)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per point (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repeats before each point")
+    p.add_argument(
+        "--tolerance", type=float, default=0.25, help="largest relative residual from the fit"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
         "eval",
         help="held-out loss of a run or checkpoint",
         description="Held-out loss (fixed split, fixed masks) of a run directory's "
@@ -191,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("names", nargs="*", help="presets or variants to show (default: all presets)")
     p.set_defaults(func=cmd_shapes)
+
+    # Commands of the methods, each in its own module.
+    from budgetlm import growth_cli, rho_cli, scaling_cli
+
+    growth_cli.register(sub)
+    scaling_cli.register(sub)
+    rho_cli.register(sub)
     return parser
 
 

@@ -72,8 +72,8 @@ class DataConfig:
 class OptimConfig:
     name: str = "adamw"  # adamw | adamw_rms | lion | sophia | muon
     lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
+    betas: tuple[float, float] | None = None  # default: the optimizer's own (AdamW 0.9, 0.98)
+    eps: float | None = None  # default: the optimizer's own (AdamW 1e-8)
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # 0 disables clipping
     options: dict[str, Any] = field(default_factory=dict)  # optimizer-specific settings
@@ -119,7 +119,7 @@ class RSTConfig:
 
     table: str | None = None  # a table file; default: the shipped CPU reference table
     fallback: str = "refuse"  # refuse | flops: price an uncovered shape from FLOPs (warned)
-    tolerance: float = 0.25  # largest relative distance of a measured point from the fit
+    tolerance: float | None = None  # check the table at this tolerance (default: its own)
     allow_table_change: bool = False  # resume under a different table than the checkpoint's
 
 
@@ -145,8 +145,12 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-# Settings that may differ between an interrupted run and its resumption.
+# Settings that may differ between an interrupted run and its resumption. rst.table may move:
+# the checkpoint stores the table's content hash, which is checked on resume.
 RESUME_SAFE = {
+    "rst.allow_table_change",
+    "rst.table",
+    "rst.tolerance",
     "train.progress_bar",
     "train.tensorboard",
     "train.log_every",

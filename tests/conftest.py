@@ -16,7 +16,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ["HF_HOME"] = str(_CACHE / "hf")
 os.environ["BUDGETLM_CACHE"] = str(_CACHE / "budgetlm")
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: tiny models gain little from two, and two threads on a busy 2-core machine
+# oversubscribe it badly (a test file measured 26 s on one thread, 207 s on two under load).
+torch.set_num_threads(1)
 
 # The tokenizer each model family trains with, and the tiny vocabulary used in tests.
 FAMILY_TOKENIZER = {"gpt": "bpe", "bert": "wordpiece", "t5": "unigram"}

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 UNITS = ("steps", "tokens", "flops", "seconds", "rst")
 # RST is measured in seconds of the reference machine; `seconds` is this machine's wall clock.
@@ -113,6 +114,7 @@ class Pass:
     batch_size: int
     active_layers: tuple[tuple[str, int], ...]
     flops: float
+    shape: Any = None  # the ModelShape it ran on (the RST table prices per shape)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Work:
     passes: tuple[Pass, ...]
     tokens: int
     optimizer_steps: int = 1
+    optimizer: str | None = None  # the optimizer's name (the RST table prices its step)
 
     @property
     def flops(self) -> float:

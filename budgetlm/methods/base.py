@@ -92,6 +92,12 @@ class Method:
     def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None:
         pass
 
+    def summary(self) -> dict[str, Any]:
+        """What the run's summary.json reports for this method. An `uncharged` entry
+        ({unit: amount}) is work done for the run but outside its budget (e.g. RHO-loss's
+        irreducible-loss model): the summary then also gives totals including it."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

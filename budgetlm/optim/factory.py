@@ -29,6 +29,10 @@ OPTIMIZERS: dict[str, str | None] = {
 }
 
 
+ADAMW_BETAS = (0.9, 0.98)  # cramming / No Train No Gain
+ADAMW_EPS = 1e-8
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay weight matrices and embeddings; never biases or norm gains (cramming recipe).
 
@@ -63,12 +67,13 @@ def build_optimizer(
     model: nn.Module,
     *,
     lr: float,
-    betas: tuple[float, float],
-    eps: float,
+    betas: tuple[float, float] | None,
+    eps: float | None,
     weight_decay: float,
     device: torch.device | str = "cpu",
     options: Mapping[str, Any] | None = None,
 ) -> torch.optim.Optimizer:
+    """Build by name; betas/eps None mean the optimizer's own defaults (papers' values)."""
     module = optimizer_module(name)
     if module is not None:
         return module.build(
@@ -83,6 +88,8 @@ def build_optimizer(
     if options:
         raise ValueError(f"optimizer {name!r} takes no optim.options, got {sorted(options)}")
     groups = param_groups(model, weight_decay)
+    betas = betas or ADAMW_BETAS
+    eps = ADAMW_EPS if eps is None else eps
     if name == "adamw":
         # The fused kernel is fastest on CUDA; on CPU the default (foreach) path is used.
         fused = torch.device(device).type == "cuda"

@@ -91,6 +91,7 @@ class Trainer:
     grad_clip: float
     checkpoint_meta: dict[str, Any]
     compile: bool = False
+    optimizer_name: str | None = None
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     log: MetricsLog | None = None
     _last: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +161,11 @@ class Trainer:
             "flops": clock.spent["flops"],
             "wall_s": round(clock.spent["seconds"], 4),
             "rst_s": clock.spent["rst"] if "rst" in clock.extra_costs else None,
+            "rst_per_wall": (
+                round(clock.spent["rst"] / clock.spent["seconds"], 4)
+                if "rst" in clock.extra_costs and clock.spent["seconds"] > 0
+                else None
+            ),
             "epoch": round(self.stream.epochs_at(self.state.step), 4),
             **values,
         }
@@ -210,7 +216,9 @@ class Trainer:
                 clock.start_step()  # selection work done while planning counts as the step's
                 for m in state.methods:
                     m.plan_step(state, plan)
-                work = step_work(state.model.shape, plan, self.tokens_per_example)
+                work = step_work(
+                    state.model.shape, plan, self.tokens_per_example, self.optimizer_name
+                )
                 p, _ = clock.plan(work)
                 lr = self.schedule(p)
                 for m in state.methods:
@@ -293,8 +301,20 @@ class Trainer:
             "epochs": round(self.stream.epochs_at(self.state.step), 4),
             "final_val_loss": last_eval.get("val_loss"),
             "final_lr": self.schedule(clock.progress),
+            "warnings": list(self.state.info.get("warnings", [])),
             "wall_tokens_per_s": clock.spent["tokens"] / max(clock.spent["seconds"], 1e-9),
         }
+        reports = {m.name: m.summary() for m in self.state.methods}
+        summary["methods"] = {name: r for name, r in reports.items() if r}
+        uncharged: dict[str, float] = {}
+        for report in summary["methods"].values():
+            for unit, amount in (report.get("uncharged") or {}).items():
+                uncharged[unit] = uncharged.get(unit, 0.0) + amount
+        if uncharged:
+            summary["spent_including_uncharged"] = {
+                unit: clock.spent.get(unit, 0.0) + uncharged.get(unit, 0.0)
+                for unit in {*clock.spent, *uncharged}
+            }
         if status == "finished":
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

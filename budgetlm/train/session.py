@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from budgetlm.budget.clock import Budget, Clock
+from budgetlm.budget.rst import CostTable, TableError
 from budgetlm.config import (
     RESUME_SAFE,
     Config,
@@ -186,7 +188,9 @@ def open_run(
         companion = module.method_for(optimizer, context)
         if companion is not None:
             methods.append(companion)
-    clock = Clock(budget)
+    rst_warnings: list[str] = []
+    rst_table, rst_cost = _rst_pricing(cfg, budget, shape, rst_warnings)
+    clock = Clock(budget, extra_costs={"rst": rst_cost} if rst_cost else {})
     state = TrainState(
         model=model,
         optimizer=optimizer,
@@ -195,7 +199,11 @@ def open_run(
         device=device,
         autocast=autocast,
     )
-    checkpoint_meta = {"config_hash": cfg.hash(), "dataset_key": data.dataset.meta.get("key")}
+    checkpoint_meta = {
+        "config_hash": cfg.hash(),
+        "dataset_key": data.dataset.meta.get("key"),
+        "rst_table": rst_table.hash if rst_cost else None,
+    }
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
@@ -205,11 +213,20 @@ def open_run(
                 f"{checkpoint} was trained on dataset {saved.get('dataset_key')}, "
                 f"this config prepares {checkpoint_meta['dataset_key']}"
             )
+        if (
+            saved.get("rst_table") != checkpoint_meta["rst_table"]
+            and not cfg.rst.allow_table_change
+        ):
+            raise CheckpointError(
+                f"{checkpoint} was charged with RST table {saved.get('rst_table')}, this run "
+                f"prices with {checkpoint_meta['rst_table']}; resuming would mix two clocks. "
+                "Set rst.allow_table_change=true to continue anyway"
+            )
         truncate_after(run_dir / "metrics.jsonl", state.step)
     else:  # a first attempt that died before its first checkpoint leaves nothing to keep
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    _append_metadata(run_dir, device, data, resumed_from=checkpoint)
+    _append_metadata(run_dir, device, data, model.shape, resumed_from=checkpoint)
 
     stream = BatchStream(
         data.dataset.tokens("train"), data.objective, cfg.train.batch_size, seed=cfg.run.seed
@@ -222,6 +239,9 @@ def open_run(
         seed=cfg.train.eval_seed,
     )
     state.data = stream
+    # One list: warnings raised later (pricing a grown shape) land in the checkpointed state.
+    rst_warnings[:] = list(dict.fromkeys([*state.info.get("warnings", []), *rst_warnings]))
+    state.info["warnings"] = rst_warnings
     log = MetricsLog(
         run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None
     )
@@ -237,9 +257,40 @@ def open_run(
         grad_clip=cfg.optim.grad_clip,
         checkpoint_meta=checkpoint_meta,
         compile=cfg.train.compile,
+        optimizer_name=cfg.optim.name,
         autocast=autocast,
         log=log,
     )
+
+
+def _rst_pricing(
+    cfg: Config, budget: Budget, shape: ModelShape, warnings: list[str]
+) -> tuple[CostTable | None, Any]:
+    """The RST cost function of this run: required for RST budgets, logged when covered."""
+    from budgetlm.budget.clock import Work
+    from budgetlm.train.work import forward_pass
+
+    try:
+        table = CostTable.load(cfg.rst.table, tolerance=cfg.rst.tolerance)
+    except TableError as e:
+        if budget.unit == "rst":
+            raise ConfigError(f"rst.table: {e}") from e
+        return None, None
+
+    def record(message: str) -> None:
+        if message not in warnings:
+            warnings.append(message)
+            print(f"warning: {message}", file=sys.stderr)
+
+    cost = table.cost_function(cfg.optim.name, fallback=cfg.rst.fallback, on_warning=record)
+    probe = Work(passes=(forward_pass(shape, 1, None),), tokens=0, optimizer=cfg.optim.name)
+    try:
+        cost(probe)
+    except TableError as e:
+        if budget.unit == "rst":
+            raise ConfigError(str(e)) from e
+        return table, None  # not covered: RST is simply not logged for this run
+    return table, cost
 
 
 def _checkpoint_shape(checkpoint: Path | None) -> ModelShape | None:
@@ -282,7 +333,11 @@ def _check_resumable(run_dir: Path, cfg: Config) -> None:
 
 
 def _append_metadata(
-    run_dir: Path, device: torch.device, data: DataBundle, resumed_from: Path | None
+    run_dir: Path,
+    device: torch.device,
+    data: DataBundle,
+    shape: ModelShape,
+    resumed_from: Path | None,
 ) -> None:
     path = run_dir / "meta.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
@@ -290,11 +345,11 @@ def _append_metadata(
     entry["resumed_from"] = str(resumed_from) if resumed_from else None
     meta["attempts"].append(entry)
     meta["dataset"] = {"path": str(data.dataset.path), **data.dataset.meta}
-    meta["shape"] = dataclasses.asdict(data.shape)
+    meta["shape"] = dataclasses.asdict(shape)  # as built: a grown run resumes grown
     from budgetlm.models import count_params
 
-    meta["params"] = count_params(data.shape)
-    meta["params_non_embedding"] = count_params(data.shape, embeddings=False)
+    meta["params"] = count_params(shape)
+    meta["params_non_embedding"] = count_params(shape, embeddings=False)
     path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 

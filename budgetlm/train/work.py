@@ -28,20 +28,25 @@ def train_pass(shape: ModelShape, batch_size: int, active: dict[str, list[int]] 
     """A forward + backward pass over `batch_size` sequences with the given active blocks."""
     counts = active_counts(shape, active)
     flops = 3 * forward_flops(shape, batch_size, active_layers=dict(counts))
-    return Pass("train", batch_size, counts, flops)
+    return Pass("train", batch_size, counts, flops, shape)
 
 
 def forward_pass(shape: ModelShape, batch_size: int, active: dict[str, list[int]] | None) -> Pass:
     """A forward pass without gradients (batch selection, Hessian estimates charge these)."""
     counts = active_counts(shape, active)
-    return Pass("forward", batch_size, counts, forward_flops(shape, batch_size, dict(counts)))
+    return Pass(
+        "forward", batch_size, counts, forward_flops(shape, batch_size, dict(counts)), shape
+    )
 
 
-def step_work(shape: ModelShape, plan: StepPlan, tokens_per_example: int) -> Work:
+def step_work(
+    shape: ModelShape, plan: StepPlan, tokens_per_example: int, optimizer: str | None = None
+) -> Work:
     """The training passes of the plan (its batch in micro-batches) plus its extra passes."""
     micro = plan.batch_size // plan.micro_batches
     passes = [train_pass(shape, micro, plan.active)] * plan.micro_batches
     return Work(
         passes=tuple(passes + list(plan.extra_passes)),
         tokens=plan.batch_size * tokens_per_example,
+        optimizer=optimizer,
     )

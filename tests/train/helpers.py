@@ -19,6 +19,17 @@ OPTIM = {
 }
 
 
+# A model whose step takes milliseconds: for mechanics, not for learning.
+SMALL = [
+    "model.n_layers=2",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.d_kv=16",
+    "model.d_ff=64",
+    "model.seq_len=32",
+]
+
+
 def tiny_config(family: str, run_dir: Path, *overrides: str, small: bool = True) -> Config:
     base = [
         f"model.preset={PRESET[family]}",
@@ -32,14 +43,7 @@ def tiny_config(family: str, run_dir: Path, *overrides: str, small: bool = True)
         "train.log_every=1",
     ]
     if small:  # milliseconds per step: for mechanics, not for learning
-        base += [
-            "model.n_layers=2",
-            "model.d_model=32",
-            "model.n_heads=2",
-            "model.d_kv=16",
-            "model.d_ff=64",
-            "model.seq_len=32",
-        ]
+        base += SMALL
         if family == "t5":
             base += ["model.n_decoder_layers=2"]
     return load_config(None, [*base, *OPTIM[family], *overrides])

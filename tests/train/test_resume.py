@@ -11,16 +11,7 @@ from safetensors.torch import load_file
 from budgetlm.cli import main
 from budgetlm.train.metrics import read_metrics
 
-from .helpers import PRESET
-
-SMALL = [
-    "model.n_layers=2",
-    "model.d_model=32",
-    "model.n_heads=2",
-    "model.d_kv=16",
-    "model.d_ff=64",
-    "model.seq_len=32",
-]
+from .helpers import PRESET, SMALL
 
 
 def _args(family, run_dir, *extra):

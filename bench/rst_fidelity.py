@@ -1,0 +1,142 @@
+"""How well RST predicts wall time on the machine that measured the table.
+
+    python bench/rst_fidelity.py                          # shipped CPU table, tiny presets
+    python bench/rst_fidelity.py --table my.json --configs configs/bert-tiny.yaml --budget 60s-rst
+
+For each config and each method (the baseline and every implemented method that fits the model
+family), run a short RST-budgeted training and report |RST - wall| / wall, where wall is the
+training time the loop measured (evaluation and checkpoint I/O excluded, as RST excludes them).
+Run it on the reference machine itself and on an otherwise idle machine; anything else measures
+the machine, not the model. Results: bench/results/rst-fidelity-<device>.{jsonl,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from budgetlm.budget.rst import CostTable
+from budgetlm.config import load_config
+from budgetlm.methods import METHODS, method_class
+from budgetlm.train.session import open_run
+
+FAMILY_CONFIGS = ["configs/gpt-tiny.yaml", "configs/bert-tiny.yaml", "configs/t5-tiny.yaml"]
+
+
+def implemented_methods() -> list[str]:
+    names = ["baseline"]
+    for name in METHODS:
+        try:
+            method_class(name)
+        except ValueError:
+            continue  # not implemented yet
+        names.append(name)
+    return names
+
+
+def run_arm(config: str, method: str, budget: str, table: str | None, out: Path) -> dict:
+    overrides = [
+        f"budget={budget}",
+        f"run.dir={out}",
+        f"run.out_dir={out.parent}",
+        "train.progress_bar=false",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.log_every=1000000",
+    ]
+    if table:
+        overrides.append(f"rst.table={table}")
+    if method != "baseline":
+        overrides.append(f"method={method}")
+    cfg = load_config(config, overrides)
+    if method == "rho_loss":  # its irreducible-loss model first (reported, never charged)
+        from budgetlm.rho_cli import prepare_il_table
+
+        prepare_il_table(cfg, progress=False)
+    trainer = open_run(cfg, progress=False)
+    trainer.run()
+    trainer.log.close()
+    spent = trainer.state.clock.spent
+    return {
+        "config": config,
+        "method": method,
+        "steps": trainer.state.step,
+        "rst_s": spent["rst"],
+        "wall_s": spent["seconds"],
+        "error": abs(spent["rst"] - spent["seconds"]) / spent["seconds"],
+        "rst_minus_wall_per_step_ms": 1e3 * (spent["rst"] - spent["seconds"]) / trainer.state.step,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", nargs="+", default=FAMILY_CONFIGS)
+    ap.add_argument("--methods", nargs="+", help="default: baseline + every implemented method")
+    ap.add_argument("--budget", default="20s-rst")
+    ap.add_argument("--table", help="cost table (default: the shipped CPU reference table)")
+    ap.add_argument("--out", help="results stem (default bench/results/rst-fidelity-<device>)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    table = CostTable.load(args.table)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    stem = (
+        Path(args.out)
+        if args.out
+        else (Path(__file__).parent / "results" / f"rst-fidelity-{device}")
+    )
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for config in args.configs:
+            for method in args.methods or implemented_methods():
+                try:
+                    row = run_arm(
+                        config, method, args.budget, args.table, Path(tmp) / f"{len(rows)}"
+                    )
+                except Exception as e:  # a method that does not fit this family
+                    print(f"{config} {method}: skipped ({str(e).splitlines()[0]})")
+                    continue
+                rows.append(row)
+                print(
+                    f"{config:<26} {method:<20} steps {row['steps']:>5}  RST {row['rst_s']:7.2f}s"
+                    f"  wall {row['wall_s']:7.2f}s  error {row['error']:6.1%}"
+                )
+    header = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": table.machine,
+        "table_hash": table.hash[:12],
+        "budget": args.budget,
+        "command": " ".join(sys.argv),
+    }
+    with open(f"{stem}.jsonl", "a") as f:
+        for row in rows:
+            f.write(json.dumps({**header, **row}) + "\n")
+    lines = [
+        f"# RST fidelity ({device})",
+        "",
+        f"{header['date']}, table {header['table_hash']} measured on "
+        f"`{table.machine.get('cpu') or table.machine.get('gpu')}`, "
+        f"budget {args.budget}, command `{header['command']}`",
+        "",
+        "| config | method | steps | RST s | wall s | abs error | RST-wall per step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['config']} | {r['method']} | {r['steps']} | {r['rst_s']:.2f} | "
+        f"{r['wall_s']:.2f} | {r['error']:.1%} | {r['rst_minus_wall_per_step_ms']:+.2f} ms |"
+        for r in rows
+    ]
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Reference-system time (RST): what each unit of work would cost on one reference machine.
+
+A table holds, per model shape, timings measured on the reference machine (`budgetlm calibrate`)
+and a cost model fitted to them. Per pass (one micro-batch, forward only or forward + backward):
+
+    seconds = a + b·B + Σ_stack c_stack · B · L_stack
+
+with B the sequences in the micro-batch and L_stack the active blocks of each stack: an
+intercept for fixed costs (launches, Python), a per-sequence term (embeddings, output head, data)
+and a per-sequence-per-layer term per stack. Each optimizer step adds the measured cost of that
+optimizer. A step is charged the sum over the passes it runs (training micro-batches, selection
+forwards, Hessian passes): a dropped layer costs nothing, an extra forward costs what it costs.
+
+Every table is checked when written and when loaded: positive costs, costs that grow with layers
+and sequences, and no measured point further than a tolerance from the fit — the check that
+would have caught the original code's 7-layer entry that was 10x too cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from budgetlm.budget.clock import Pass, Work
+
+TABLE_VERSION = 1
+PHASES = ("train", "forward")
+DEFAULT_TABLE = "cpu-reference"
+
+
+class TableError(ValueError):
+    """A cost table that is malformed, fails its sanity checks, or does not cover a run."""
+
+
+def shape_key(shape: Any) -> str:
+    """Identity of a model shape: a hash of every field (a table entry prices exactly one)."""
+    fields = dataclasses.asdict(shape) if dataclasses.is_dataclass(shape) else dict(shape)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _features(batch_size: int, active: dict[str, int], stacks: list[str]) -> list[float]:
+    return [1.0, float(batch_size)] + [float(batch_size * active[s]) for s in stacks]
+
+
+@dataclass
+class Point:
+    """One measured pass: median seconds over repeats."""
+
+    phase: str
+    batch_size: int
+    active: dict[str, int]
+    seconds: float
+
+    def label(self) -> str:
+        layers = ", ".join(f"{s}={n}" for s, n in sorted(self.active.items()))
+        return f"{self.phase} B={self.batch_size} layers({layers})"
+
+
+@dataclass
+class ShapeCosts:
+    """Measurements and fitted cost model of one model shape on the reference machine."""
+
+    label: str
+    shape: dict[str, Any]
+    points: list[Point]
+    optimizer_seconds: dict[str, float]  # full depth, for reading; pricing uses the fit
+    # optimizer -> [{"active": {stack: layers}, "seconds"}]: steps at each depth of the grid
+    optimizer_points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    fit: dict[str, list[float]] = field(default_factory=dict)  # phase -> coefficients
+    residuals: dict[str, list[float]] = field(default_factory=dict)  # phase -> relative
+    optimizer_fit: dict[str, list[float]] = field(default_factory=dict)  # [o0, o_stack...]
+    # What one step of the real loop costs beyond its passes and optimizer (planning, the clock,
+    # metrics, Python), measured by a short real run: charged once per optimizer step.
+    loop_overhead: float = 0.0
+
+    @property
+    def stacks(self) -> list[str]:
+        return sorted(self.points[0].active)
+
+    @property
+    def key(self) -> str:
+        return shape_key(self.shape)
+
+    def refit(self) -> None:
+        for phase in PHASES:
+            pts = [p for p in self.points if p.phase == phase]
+            if len(pts) < 2 + len(self.stacks):
+                raise TableError(
+                    f"{self.label}: {len(pts)} {phase} points cannot fit "
+                    f"{2 + len(self.stacks)} coefficients; calibrate more batch sizes and depths"
+                )
+            x = np.array([_features(p.batch_size, p.active, self.stacks) for p in pts])
+            y = np.array([p.seconds for p in pts])
+            # Relative least squares: every point counts alike, small passes as much as big ones.
+            coef, *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
+            if coef[0] < 0:
+                # A fixed cost cannot be negative (it would price small passes below zero);
+                # curvature in the measurements shows up as one. Fit without it instead.
+                rest, *_ = np.linalg.lstsq(x[:, 1:] / y[:, None], np.ones_like(y), rcond=None)
+                coef = np.concatenate([[0.0], rest])
+            self.fit[phase] = [float(c) for c in coef]
+            self.residuals[phase] = [float(r) for r in (x @ coef - y) / y]
+        for name, opt_points in self.optimizer_points.items():
+            # seconds = o0 + Σ o_stack · L_stack: only parameters with gradients are updated.
+            x = np.array([[1.0] + [float(p["active"][s]) for s in self.stacks] for p in opt_points])
+            y = np.array([p["seconds"] for p in opt_points])
+            coef, *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
+            # Never cheaper with more layers, never negative: fall back to a constant.
+            if (coef < 0).any():
+                coef = np.array([float(np.median(y))] + [0.0] * len(self.stacks))
+            self.optimizer_fit[name] = [float(c) for c in coef]
+
+    def optimizer_step_seconds(self, name: str, active: dict[str, int] | None) -> float | None:
+        """Cost of one step of `name` with these active layers (None: not measured)."""
+        if name in self.optimizer_fit and active is not None:
+            coef = self.optimizer_fit[name]
+            return float(
+                coef[0] + sum(c * active[s] for c, s in zip(coef[1:], self.stacks, strict=True))
+            )
+        return self.optimizer_seconds.get(name)
+
+    def pass_seconds(self, phase: str, batch_size: int, active: dict[str, int]) -> float:
+        coef = self.fit[phase]
+        return float(np.dot(coef, _features(batch_size, active, self.stacks)))
+
+    def check(self, tolerance: float) -> None:
+        """Refuse a table whose costs are not positive, not monotone, or far from the fit."""
+        problems = []
+        for p in self.points:
+            if not p.seconds > 0:
+                problems.append(f"{p.label()}: non-positive cost {p.seconds}")
+        for phase in PHASES:
+            coef = self.fit[phase]
+            if coef[1] <= 0 and all(c <= 0 for c in coef[2:]):
+                problems.append(f"{phase}: cost does not grow with sequences ({coef})")
+            smallest = self.pass_seconds(phase, 1, dict.fromkeys(self.stacks, 1))
+            if smallest <= 0:
+                problems.append(f"{phase}: a one-sequence one-layer pass is priced {smallest:.3g}s")
+            for stack, c in zip(self.stacks, coef[2:], strict=True):
+                if c <= 0:
+                    problems.append(f"{phase}: cost does not grow with {stack} layers (c={c:.3g})")
+            pts = [p for p in self.points if p.phase == phase]
+            for p, r in zip(pts, self.residuals[phase], strict=True):
+                if abs(r) > tolerance:
+                    fitted = p.seconds * (1 + r)
+                    problems.append(
+                        f"{p.label()}: measured {p.seconds:.6g}s but the fit gives {fitted:.6g}s "
+                        f"({r:+.0%}, tolerance {tolerance:.0%})"
+                    )
+            problems += _monotone_problems(pts, tolerance)
+        for name, sec in self.optimizer_seconds.items():
+            if not sec > 0:
+                problems.append(f"optimizer {name}: non-positive cost {sec}")
+        if problems:
+            shown = problems[:12]
+            if len(problems) > len(shown):
+                shown.append(f"... and {len(problems) - len(shown)} more")
+            raise TableError(f"cost table entry {self.label!r} refused:\n  " + "\n  ".join(shown))
+
+
+def _monotone_problems(points: list[Point], tolerance: float) -> list[str]:
+    """Measured points must not get cheaper with more layers or sequences (beyond noise)."""
+    problems = []
+    for a in points:
+        for b in points:
+            bigger = b.batch_size >= a.batch_size and all(
+                b.active[s] >= a.active[s] for s in a.active
+            )
+            if bigger and a is not b and b.seconds < a.seconds * (1 - tolerance):
+                problems.append(
+                    f"{b.label()} ({b.seconds:.6g}s) is cheaper than the smaller "
+                    f"{a.label()} ({a.seconds:.6g}s)"
+                )
+    return problems
+
+
+@dataclass
+class CostTable:
+    """A versioned set of per-shape cost models measured on one reference machine."""
+
+    machine: dict[str, Any]
+    entries: dict[str, ShapeCosts] = field(default_factory=dict)  # shape key -> costs
+    tolerance: float = 0.25
+    version: int = TABLE_VERSION
+    source: str = ""
+
+    # -- content and identity ---------------------------------------------------------------
+    def to_dict(self, derived: bool = True) -> dict[str, Any]:
+        """The table as JSON; `derived=False` leaves out the fit and residuals (recomputed)."""
+        entries = []
+        for e in self.entries.values():
+            d = dataclasses.asdict(e)
+            if not derived:
+                d.pop("fit"), d.pop("residuals"), d.pop("optimizer_fit")
+            entries.append(d)
+        return {
+            "version": self.version,
+            "machine": self.machine,
+            "tolerance": self.tolerance,
+            "entries": entries,
+        }
+
+    @property
+    def hash(self) -> str:
+        """Content hash of what was measured (the fit is derived from it)."""
+        content = json.dumps(self.to_dict(derived=False), sort_keys=True)
+        return hashlib.sha256(content.encode()).hexdigest()
+
+    def add(self, entry: ShapeCosts) -> None:
+        entry.refit()
+        entry.check(self.tolerance)
+        self.entries[entry.key] = entry
+
+    def check(self, tolerance: float | None = None) -> None:
+        for entry in self.entries.values():
+            entry.refit()
+            entry.check(self.tolerance if tolerance is None else tolerance)
+
+    # -- files --------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        self.check()
+        data = self.to_dict()
+        data["hash"] = self.hash
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> CostTable:
+        if data.get("version") != TABLE_VERSION:
+            raise TableError(
+                f"{source}: table version {data.get('version')}, expected {TABLE_VERSION}"
+            )
+        table = cls(machine=data["machine"], tolerance=data.get("tolerance", 0.25), source=source)
+        for e in data["entries"]:
+            points = [Point(**p) for p in e["points"]]
+            entry = ShapeCosts(
+                e["label"],
+                e["shape"],
+                points,
+                e["optimizer_seconds"],
+                e.get("optimizer_points", {}),
+                loop_overhead=e.get("loop_overhead", 0.0),
+            )
+            table.entries[entry.key] = entry
+        stored = data.get("hash")
+        if stored is not None and stored != table.hash:
+            raise TableError(f"{source}: content hash mismatch, the table was edited or corrupted")
+        return table
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, tolerance: float | None = None) -> CostTable:
+        """Load and check a table: a file, or a shipped table by name (default: CPU reference)."""
+        name = str(path) if path is not None else DEFAULT_TABLE
+        candidate = Path(name)
+        if candidate.is_file():
+            text, source = candidate.read_text(), str(candidate)
+        else:
+            shipped = resources.files("budgetlm.budget") / "tables" / f"{name}.json"
+            if not shipped.is_file():
+                raise TableError(f"no cost table {name!r} (neither a file nor a shipped table)")
+            text, source = shipped.read_text(), f"shipped table {name}"
+        table = cls.from_dict(json.loads(text), source)
+        try:
+            table.check(tolerance)
+        except TableError as e:
+            raise TableError(f"{source}: {e}") from e
+        return table
+
+    # -- pricing ------------------------------------------------------------------------------
+    def entry_for(self, shape: Any) -> ShapeCosts | None:
+        return self.entries.get(shape_key(shape))
+
+    def cost_function(
+        self, optimizer: str, fallback: str = "refuse", on_warning: Callable[[str], None] = None
+    ) -> Callable[[Work], float]:
+        """Price a step's Work in reference seconds.
+
+        `fallback="flops"` prices a shape or optimizer the table does not cover from FLOPs,
+        scaled by the table's seconds per FLOP, and reports it once through `on_warning`.
+        """
+        warned: set[str] = set()
+
+        def warn(message: str) -> None:
+            if message not in warned:
+                warned.add(message)
+                (on_warning or (lambda m: warnings.warn(m, stacklevel=3)))(message)
+
+        def price_pass(p: Pass) -> float:
+            entry = self.entry_for(p.shape)
+            if entry is not None:
+                return entry.pass_seconds(p.kind, p.batch_size, dict(p.active_layers))
+            if fallback != "flops":
+                raise TableError(self.not_covered_message(p.shape))
+            warn(f"RST for an uncovered shape ({_describe(p.shape)}) estimated from FLOPs")
+            return p.flops * self.seconds_per_flop(p.kind)
+
+        def price(work: Work) -> float:
+            total = sum(price_pass(p) for p in work.passes)
+            if work.optimizer_steps:
+                total += work.optimizer_steps * self.optimizer_seconds(
+                    work, optimizer, fallback, warn
+                )
+            return total
+
+        return price
+
+    def optimizer_seconds(
+        self, work: Work, optimizer: str, fallback: str, warn: Callable[[str], None]
+    ) -> float:
+        shape = work.passes[0].shape if work.passes else None
+        entry = self.entry_for(shape) if shape is not None else None
+        name = work.optimizer or optimizer
+        # The layers that got gradients this step: the deepest training pass of each stack.
+        trained = [dict(p.active_layers) for p in work.passes if p.kind == "train"]
+        active = {s: max(t[s] for t in trained) for s in trained[0]} if trained else None
+        if entry is not None:
+            seconds = entry.optimizer_step_seconds(name, active)
+            if seconds is not None:
+                return seconds + entry.loop_overhead
+        if fallback != "flops":
+            where = entry.label if entry is not None else _describe(shape)
+            raise TableError(
+                f"the RST table has no cost for optimizer {name!r} on {where}; calibrate it "
+                f"(budgetlm calibrate CONFIG optim.name={name}) or set rst.fallback=flops"
+            )
+        warn(f"RST for optimizer {name!r} estimated from the table's AdamW cost")
+        if entry is not None and "adamw" in entry.optimizer_seconds:
+            return entry.optimizer_seconds["adamw"]
+        return float(
+            np.median([s for e in self.entries.values() for s in e.optimizer_seconds.values()])
+        )
+
+    def seconds_per_flop(self, phase: str) -> float:
+        """Reference seconds per FLOP of full-depth passes at the largest measured batch."""
+        from budgetlm.models import ModelShape, forward_flops
+
+        ratios = []
+        for entry in self.entries.values():
+            shape = ModelShape(**entry.shape)
+            full = {s: max(p.active[s] for p in entry.points) for s in entry.stacks}
+            batch = max(p.batch_size for p in entry.points)
+            flops = forward_flops(shape, batch, active_layers=full) * (3 if phase == "train" else 1)
+            ratios.append(entry.pass_seconds(phase, batch, full) / flops)
+        if not ratios:
+            raise TableError("the RST table is empty")
+        return float(np.median(ratios))
+
+    def not_covered_message(self, shape: Any) -> str:
+        covered = ", ".join(sorted(e.label for e in self.entries.values())) or "nothing"
+        return (
+            f"the RST table {self.source or ''} does not cover this model shape "
+            f"({_describe(shape)}); it covers: {covered}. Measure one on the reference machine "
+            "with `budgetlm calibrate CONFIG --out TABLE.json` and set rst.table=TABLE.json, "
+            "or set rst.fallback=flops to estimate from FLOPs (recorded as a warning)"
+        )
+
+
+def _describe(shape: Any) -> str:
+    if shape is None:
+        return "unknown shape"
+    d = dataclasses.asdict(shape) if dataclasses.is_dataclass(shape) else dict(shape)
+    keys = ("family", "n_layers", "n_decoder_layers", "d_model", "d_ff", "vocab_size", "seq_len")
+    return " ".join(f"{k}={d[k]}" for k in keys if d.get(k))

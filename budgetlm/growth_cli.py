@@ -1,0 +1,183 @@
+"""`budgetlm grow`: grow a saved checkpoint (width or depth x k) into a new run directory.
+
+    budgetlm grow runs/gpt-tiny-1a2b3c4d --width 2
+    budgetlm grow runs/gpt-tiny-1a2b3c4d/checkpoints/step_000200 --depth 2 --variant identity
+    budgetlm train runs/gpt-tiny-1a2b3c4d-width2/config.yaml --resume auto
+
+The new directory holds the run's config (with run.dir pointing at it), its metrics up to the
+checkpoint, and one checkpoint at the same step whose model, optimizer state and recorded shape
+are grown (budgetlm/methods/growth.py). Resuming rebuilds the model at the checkpoint's shape and
+continues the same budget from the same progress, on the config's schedule: the schedule
+transfer of `method=staged` does not apply to an offline growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from budgetlm.methods.growth import DEPTH_MODES, DEPTH_VARIANTS
+
+
+def register(subparsers: Any) -> None:
+    """Add the `grow` command to the `budgetlm` argument parser."""
+    p = subparsers.add_parser(
+        "grow",
+        help="grow a checkpoint's model (width or depth x k) into a new run directory",
+        description="Grow a saved checkpoint with the growth operators of staged training: "
+        "--width K multiplies d_model, heads and d_ff (loss-preserving for learned, rotary and "
+        "relative positions); --depth K multiplies every stack's depth (--variant identity "
+        "preserves the loss, copy does not). Optimizer moments are transformed with the model.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--width", type=int, metavar="K", help="multiply the width by K (e.g. 2)")
+    how.add_argument("--depth", type=int, metavar="K", help="multiply the depth by K (e.g. 2)")
+    p.add_argument("--variant", choices=DEPTH_VARIANTS, default="identity", help="depth growth")
+    p.add_argument("--mode", choices=DEPTH_MODES, default="interleave", help="depth growth")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="width growth: relative std of noise off the diagonal blocks (0 = exact copy)",
+    )
+    p.add_argument("--out", help="new run directory (default: <run>-width2 / <run>-depth2)")
+    p.set_defaults(func=cmd_grow)
+
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    op, factor = ("width", args.width) if args.width is not None else ("depth", args.depth)
+    result = grow_checkpoint(
+        Path(args.checkpoint),
+        op,
+        factor,
+        variant=args.variant,
+        mode=args.mode,
+        noise=args.noise,
+        out=Path(args.out) if args.out else None,
+    )
+    print(f"grown {op} x{factor}: {result['from']} -> {result['to']}")
+    print(f"parameters: {result['params_before']:,} -> {result['params_after']:,}")
+    if op == "width" and args.noise == 0 and not result["dropout"]:
+        print(
+            "note: an exact copy stays a copy while training without dropout; "
+            "pass --noise 0.01 to let the halves diverge"
+        )
+    print(f"checkpoint: {result['checkpoint']}")
+    print(f"continue with: budgetlm train {result['run_dir']}/config.yaml --resume auto")
+    return 0
+
+
+def _resolve(path: Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint directory) from either of them."""
+    from budgetlm.train.checkpoint import CheckpointError, complete_checkpoints
+
+    if (path / "checkpoints").is_dir():
+        found = complete_checkpoints(path / "checkpoints")
+        if not found:
+            raise CheckpointError(f"{path}: no complete checkpoint to grow")
+        return path, found[-1]
+    if not (path / "manifest.json").is_file():
+        raise CheckpointError(f"{path}: not a run directory or a complete checkpoint")
+    return path.parent.parent, path
+
+
+def grow_checkpoint(
+    path: Path,
+    op: str,
+    factor: int,
+    *,
+    variant: str = "identity",
+    mode: str = "interleave",
+    noise: float = 0.0,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Grow the checkpoint at `path` into the run directory `out`; return what was done."""
+    import torch
+
+    from budgetlm.config import ConfigError, dump_yaml, load_config
+    from budgetlm.methods.growth import build_grown_optimizer, grow
+    from budgetlm.models import ModelShape, build_model, count_params
+    from budgetlm.optim import build_optimizer
+    from budgetlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from budgetlm.train.metrics import truncate_after
+
+    run_dir, checkpoint = _resolve(path)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{checkpoint}: its run directory {run_dir} has no config.yaml")
+    cfg = load_config(run_dir / "config.yaml")
+    parts = load_checkpoint(checkpoint)
+    trainer = parts["trainer"]
+    shape = ModelShape(**trainer["shape"])
+    out = out or run_dir.with_name(f"{run_dir.name}-{op}{factor}")
+    if (out / "checkpoints").exists():
+        raise ConfigError(f"{out} already holds checkpoints; choose another --out")
+
+    def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+        o = cfg.optim
+        return build_optimizer(
+            o.name,
+            model,
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            options=o.options,
+        )
+
+    model = build_model(shape)
+    model.load_state_dict(parts["model"])
+    optimizer = make_optimizer(model)
+    optimizer.load_state_dict(parts["optimizer"])
+    generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + int(trainer["step"]))
+    try:
+        grown = grow(
+            model,
+            optimizer,
+            op,
+            factor=factor,
+            mode=mode,
+            variant=variant,
+            noise=noise,
+            generator=generator,
+        )
+    except ValueError as e:
+        raise ConfigError(f"grow: {e}") from e
+    new_optimizer = build_grown_optimizer(grown, make_optimizer)
+
+    info = dict(trainer.get("info", {}))
+    info["grown"] = [
+        *info.get("grown", []),
+        {"op": op, "factor": factor, "variant": variant, "mode": mode, "from": str(checkpoint)},
+    ]
+    new_parts = {
+        **parts,
+        "model": grown.model.state_dict(),
+        "optimizer": new_optimizer.state_dict(),
+        "trainer": {**trainer, "shape": dataclasses.asdict(grown.shape), "info": info},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    saved = save_checkpoint(out / "checkpoints", int(trainer["step"]), new_parts)
+    cfg.run.dir = str(out)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    for name in ("metrics.jsonl", "meta.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+    truncate_after(out / "metrics.jsonl", int(trainer["step"]))
+    return {
+        "run_dir": str(out),
+        "checkpoint": str(saved),
+        "from": _label(shape),
+        "to": _label(grown.shape),
+        "params_before": count_params(shape),
+        "params_after": count_params(grown.shape),
+        "dropout": grown.shape.dropout,
+    }
+
+
+def _label(shape: Any) -> str:
+    depth = f"{shape.n_layers}/{shape.n_decoder_layers}" if shape.family == "t5" else shape.n_layers
+    return f"{shape.family} L{depth} d{shape.d_model} heads {shape.n_heads} d_ff {shape.d_ff}"
