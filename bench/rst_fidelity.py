@@ -3,8 +3,9 @@
     python bench/rst_fidelity.py                          # shipped CPU table, tiny presets
     python bench/rst_fidelity.py --table my.json --configs configs/bert-tiny.yaml --budget 60s-rst
 
-For each config and each method (the baseline and every implemented method that fits the model
-family), run a short RST-budgeted training and report |RST - wall| / wall, where wall is the
+For each config and each method (the baseline, every implemented method that fits the model
+family, and the optimizer arms `optim:lion`, `optim:sophia`, `optim:muon`), run a short
+RST-budgeted training and report |RST - wall| / wall, where wall is the
 training time the loop measured (evaluation and checkpoint I/O excluded, as RST excludes them).
 Run it on the reference machine itself and on an otherwise idle machine; anything else measures
 the machine, not the model. Results: bench/results/rst-fidelity-<device>.{jsonl,md}.
@@ -53,7 +54,9 @@ def run_arm(config: str, method: str, budget: str, table: str | None, out: Path)
     ]
     if table:
         overrides.append(f"rst.table={table}")
-    if method != "baseline":
+    if method.startswith("optim:"):  # an optimizer arm: its step (and Sophia's Hessian passes)
+        overrides.append(f"optim.name={method.removeprefix('optim:')}")
+    elif method != "baseline":
         overrides.append(f"method={method}")
     cfg = load_config(config, overrides)
     if method == "rho_loss":  # its irreducible-loss model first (reported, never charged)
@@ -79,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", nargs="+", default=FAMILY_CONFIGS)
     ap.add_argument("--methods", nargs="+", help="default: baseline + every implemented method")
+    ap.add_argument(
+        "--optimizers",
+        nargs="*",
+        default=["lion", "sophia", "muon"],
+        help="optimizer arms (the baseline is the config's own optimizer)",
+    )
     ap.add_argument("--budget", default="20s-rst")
     ap.add_argument("--table", help="cost table (default: the shipped CPU reference table)")
     ap.add_argument("--out", help="results stem (default bench/results/rst-fidelity-<device>)")
@@ -95,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
-            for method in args.methods or implemented_methods():
+            arms = (args.methods or implemented_methods()) + [f"optim:{o}" for o in args.optimizers]
+            for method in arms:
                 try:
                     row = run_arm(
                         config, method, args.budget, args.table, Path(tmp) / f"{len(rows)}"

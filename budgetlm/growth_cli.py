@@ -101,7 +101,7 @@ def grow_checkpoint(
     from budgetlm.config import ConfigError, dump_yaml, load_config
     from budgetlm.methods.growth import build_grown_optimizer, grow
     from budgetlm.models import ModelShape, build_model, count_params
-    from budgetlm.optim import build_optimizer
+    from budgetlm.optim.factory import optimizer_from_config
     from budgetlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from budgetlm.train.metrics import truncate_after
 
@@ -117,16 +117,7 @@ def grow_checkpoint(
         raise ConfigError(f"{out} already holds checkpoints; choose another --out")
 
     def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-        o = cfg.optim
-        return build_optimizer(
-            o.name,
-            model,
-            lr=o.lr,
-            betas=o.betas,
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-            options=o.options,
-        )
+        return optimizer_from_config(cfg.optim, model)
 
     model = build_model(shape)
     model.load_state_dict(parts["model"])

@@ -542,7 +542,7 @@ class StagedGrowth(Method):
     # -- what -----------------------------------------------------------------------------------
     def grow_state(self, state: TrainState, op: str, p: float) -> None:
         """Replace state.model and state.optimizer by their grown versions."""
-        from budgetlm.optim import build_optimizer
+        from budgetlm.optim.factory import optimizer_from_config
 
         o = self.options
         generator = torch.Generator().manual_seed(_seed_for(self.seed, state.step))
@@ -562,16 +562,7 @@ class StagedGrowth(Method):
             raise ValueError("method=staged needs the run config to rebuild the optimizer")
 
         def build(model: nn.Module) -> torch.optim.Optimizer:
-            return build_optimizer(
-                optim.name,
-                model,
-                lr=optim.lr,
-                betas=optim.betas,
-                eps=optim.eps,
-                weight_decay=optim.weight_decay,
-                device=state.device,
-                options=optim.options,
-            )
+            return optimizer_from_config(optim, model, state.device)
 
         state.optimizer = build_grown_optimizer(grown, build)
         state.model = grown.model

@@ -97,6 +97,22 @@ def build_optimizer(
     return AdamWScale(groups, lr=lr, betas=betas, eps=eps)
 
 
+def optimizer_from_config(
+    optim: Any, model: nn.Module, device: torch.device | str = "cpu"
+) -> torch.optim.Optimizer:
+    """Build the optimizer of a run config's `optim` section (a budgetlm.config.OptimConfig)."""
+    return build_optimizer(
+        optim.name,
+        model,
+        lr=optim.lr,
+        betas=optim.betas,
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+        device=device,
+        options=optim.options,
+    )
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's learning rate (groups may carry an `lr_scale`, e.g. for Muon's AdamW)."""
     for group in optimizer.param_groups:

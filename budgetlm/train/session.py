@@ -31,8 +31,7 @@ from budgetlm.data import BatchStream, eval_batches, load_prepared, make_objecti
 from budgetlm.methods import RunContext, build_methods
 from budgetlm.methods.base import Method
 from budgetlm.models import ModelShape, build_model, get_shape
-from budgetlm.optim import build_optimizer
-from budgetlm.optim.factory import optimizer_module
+from budgetlm.optim.factory import optimizer_from_config, optimizer_module
 from budgetlm.schedules import make_schedule
 from budgetlm.train.checkpoint import CheckpointError, complete_checkpoints
 from budgetlm.train.loop import Trainer
@@ -171,16 +170,7 @@ def open_run(
     shape = _checkpoint_shape(checkpoint) or data.shape
     model = build_model(shape).to(device)
     try:
-        optimizer = build_optimizer(
-            cfg.optim.name,
-            model,
-            lr=cfg.optim.lr,
-            betas=cfg.optim.betas,
-            eps=cfg.optim.eps,
-            weight_decay=cfg.optim.weight_decay,
-            device=device,
-            options=cfg.optim.options,
-        )
+        optimizer = optimizer_from_config(cfg.optim, model, device)
     except ValueError as e:
         raise ConfigError(f"optim: {e}") from e
     module = optimizer_module(cfg.optim.name)
