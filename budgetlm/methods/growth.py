@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from budgetlm.methods.base import Method
-from budgetlm.methods.layer_stacking import clone_state
+from budgetlm.methods.optim_state import clone_state
 from budgetlm.models import ModelShape, build_model
 
 if TYPE_CHECKING:

@@ -23,7 +23,6 @@ keeps per-parameter state (AdamW, AdamW-RMS, Lion, Sophia, Muon).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from budgetlm.methods.base import Method, StepPlan
+from budgetlm.methods.optim_state import copy_param_state, reset_param_state
 
 if TYPE_CHECKING:
     from budgetlm.methods import RunContext
@@ -39,34 +39,6 @@ if TYPE_CHECKING:
 
 POLICIES = ("copy", "reset_new", "reset_all")
 DEFAULT_POINTS = (0.125, 0.3)
-
-
-# -- optimizer state of one parameter (shared with growth.py) -----------------------------------
-
-
-def clone_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of one parameter's optimizer state (tensors cloned, scalars copied)."""
-    return {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in state.items()}
-
-
-def copy_param_state(
-    optimizer: torch.optim.Optimizer, src: nn.Parameter, dst: nn.Parameter
-) -> None:
-    """Give `dst` a copy of `src`'s optimizer state, or no state if `src` has none.
-
-    Everything is copied, the scalar `step` included: the moments were accumulated over that
-    many steps, and the bias correction (1 - beta^step) must match them.
-    """
-    state = optimizer.state.get(src)
-    if state:
-        optimizer.state[dst] = clone_state(state)
-    else:
-        optimizer.state.pop(dst, None)
-
-
-def reset_param_state(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> None:
-    """Forget `param`'s optimizer state; the optimizer initialises it afresh at its next step."""
-    optimizer.state.pop(param, None)
 
 
 # -- the transformation -------------------------------------------------------------------------
