@@ -48,6 +48,7 @@ from budgetlm.config import ConfigError
 from budgetlm.methods.base import Method, StepPlan
 from budgetlm.methods.selective_backprop import (
     Batch,
+    SelectedBatch,
     batch_size_of,
     forward_losses,
     note_uncharged,
@@ -419,8 +420,7 @@ class RhoLoss(Method):
         self.stream: SubsetStream | None = None
         self.stats = {"steps": 0, "candidate_reducible": 0.0, "selected_reducible": 0.0}
         self.stats.update(candidates=0, selected=0, uncharged_flops=0.0)
-        self._current: Batch = {}
-        self._micro = 0
+        self._selected = SelectedBatch()
 
     @classmethod
     def from_options(cls, options: Options, context: RunContext) -> RhoLoss:
@@ -483,8 +483,7 @@ class RhoLoss(Method):
         losses, sizes = forward_losses(state, mega, plan.active, micro)
         il = self.table.lookup(mega["example_id"])
         chosen = reducible_topk(losses, il, plan.batch_size)
-        self._current = take(mega, chosen)
-        self._micro = 0
+        self._selected.load(take(mega, chosen))
         passes = [forward_pass(state.model.shape, n, plan.active) for n in sizes]
         if self.charge_selection:
             plan.extra_passes.extend(passes)
@@ -498,10 +497,7 @@ class RhoLoss(Method):
         self.stats["selected_reducible"] += float(reducible[chosen].sum())
 
     def before_batch(self, state: TrainState, plan: StepPlan, batch: Batch) -> Batch:
-        size = batch_size_of(batch)
-        start = self._micro * size
-        self._micro += 1
-        return take(self._current, slice(start, start + size))
+        return self._selected.next(batch_size_of(batch))
 
     def summary(self) -> dict[str, Any]:
         s = self.stats

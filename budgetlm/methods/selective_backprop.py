@@ -124,6 +124,24 @@ def take(batch: Mapping[str, torch.Tensor], index: torch.Tensor | slice) -> Batc
     return {k: v[index] for k, v in batch.items()}
 
 
+class SelectedBatch:
+    """A step's selected examples, handed to the loop one micro-batch at a time.
+
+    The loop calls `before_batch` once per micro-batch, in order; each call takes the next rows.
+    """
+
+    def __init__(self) -> None:
+        self.rows: Batch = {}
+        self._next = 0
+
+    def load(self, rows: Batch) -> None:
+        self.rows, self._next = rows, 0
+
+    def next(self, size: int) -> Batch:
+        start, self._next = self._next, self._next + size
+        return take(self.rows, slice(start, start + size))
+
+
 def concat(batches: Sequence[Mapping[str, torch.Tensor]]) -> Batch:
     batches = [b for b in batches if batch_size_of(b)]
     if not batches:
@@ -184,8 +202,7 @@ class SelectiveBackprop(Method):
         self.next_chunk = 0
         self.stats = {"forwarded": 0, "kept": 0, "forwarded_loss": 0.0, "kept_loss": 0.0}
         self.uncharged_flops = 0.0
-        self._current: Batch = {}
-        self._micro = 0
+        self._selected = SelectedBatch()
         if not charge_selection:
             warnings.warn(
                 "selective_backprop.charge_selection=false: selection forwards are NOT charged "
@@ -231,15 +248,11 @@ class SelectiveBackprop(Method):
             self.stats["kept"] += int(keep.sum())
             self.stats["forwarded_loss"] += float(losses.sum())
             self.stats["kept_loss"] += float(losses[keep].sum())
-        self._current = take(self.pending, slice(0, plan.batch_size))
+        self._selected.load(take(self.pending, slice(0, plan.batch_size)))
         self.pending = take(self.pending, slice(plan.batch_size, None))
-        self._micro = 0
 
     def before_batch(self, state: TrainState, plan: StepPlan, batch: Batch) -> Batch:
-        size = batch_size_of(batch)
-        start = self._micro * size
-        self._micro += 1
-        return take(self._current, slice(start, start + size))
+        return self._selected.next(batch_size_of(batch))
 
     # -- reporting and state -------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

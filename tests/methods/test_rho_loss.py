@@ -219,7 +219,7 @@ def test_selects_the_top_k_by_reducible_loss_and_charges_the_mega_batch(gpt_tabl
     losses, _ = forward_losses(state, mega, None, 4)
     il = load_il_table(path).il_loss[mega["example_id"]]  # looked up by id
     top = reducible_topk(losses, il, 8)
-    assert torch.equal(method._current["example_id"], mega["example_id"][top])
+    assert torch.equal(method._selected.rows["example_id"], mega["example_id"][top])
     assert not is_held_out(mega["example_id"].numpy(), 0.2).any()
     assert len(plan.extra_passes) == 4 and all(p.kind == "forward" for p in plan.extra_passes)
     assert summary["status"] == "finished"

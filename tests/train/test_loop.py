@@ -170,9 +170,7 @@ def test_run_directory_contents(tmp_path):
     for name in ("config.yaml", "meta.json", "metrics.jsonl", "summary.json"):
         assert (d / name).is_file(), name
     meta = json.loads((d / "meta.json").read_text())
-    assert meta["attempts"][0]["packages"]["torch"] == torch.__version__.split("+")[0] or meta[
-        "attempts"
-    ][0]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert torch.__version__.startswith(meta["attempts"][0]["packages"]["torch"])
     assert meta["params"] == sum(p.numel() for p in trainer.state.model.parameters())
     ckpts = sorted(p.name for p in (d / "checkpoints").iterdir())
     assert ckpts == ["step_000002", "step_000004"]
