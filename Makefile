@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (a small real budgeted run) and `make test`.
+# Two entry points: `make demo` (a small real budgeted comparison, ending in a report) and
+# `make test`.
 # Each creates .venv and installs what it needs; re-running skips work already done.
 PYTHON ?= python3
 VENV ?= .venv
@@ -31,8 +32,10 @@ $(VENV)/.dev: $(VENV)/.corpus
 
 install: $(VENV)/.base
 
+# The demo is a comparison: 5 arms x 2 seeds at one RST budget (experiments/demo.yaml).
+DEMO_JOBS ?= 2
 demo: $(VENV)/.corpus
-	$(OFFLINE_ENV) $(VENV)/bin/budgetlm train configs/demo-gpt.yaml --resume auto
+	$(OFFLINE_ENV) $(VENV)/bin/budgetlm compare experiments/demo.yaml --jobs $(DEMO_JOBS)
 
 test: $(VENV)/.dev
 	$(OFFLINE_ENV) $(PY) -m pytest -q

@@ -14,12 +14,16 @@ EXIT_INTERRUPTED = 130
 def _user_errors() -> tuple[type[BaseException], ...]:
     from budgetlm.budget.clock import BudgetError
     from budgetlm.budget.rst import TableError
+    from budgetlm.compare.experiment import ExperimentError
+    from budgetlm.compare.report import ReportError
     from budgetlm.config import ConfigError
     from budgetlm.data.shards import ShardError
     from budgetlm.train.checkpoint import CheckpointError
     from budgetlm.train.session import RunExists
 
     return (
+        ExperimentError,
+        ReportError,
         ConfigError,
         BudgetError,
         TableError,
@@ -271,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shapes)
 
     # Commands of the methods, each in its own module.
-    from budgetlm import growth_cli, rho_cli, scaling_cli
+    from budgetlm import compare_cli, growth_cli, rho_cli, scaling_cli
 
+    compare_cli.register(sub)
     growth_cli.register(sub)
     scaling_cli.register(sub)
     rho_cli.register(sub)

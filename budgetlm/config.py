@@ -173,9 +173,12 @@ def _plain(obj: Any) -> Any:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    settings: typing.Mapping[str, Any] | None = None,
 ) -> Config:
-    """Load a YAML config (or the defaults), then apply `key.sub=value` overrides."""
+    """Load a YAML config (or the defaults), then apply typed `settings` ({"optim.lr": 1e-3},
+    as an experiment file gives them), then `key.sub=value` overrides (as a command line does)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -187,6 +190,8 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for key, value in (settings or {}).items():
+        _set_dotted(raw, str(key).strip(), value)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:

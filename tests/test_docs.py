@@ -31,3 +31,13 @@ def test_every_command_is_in_the_readme():
     for name in commands:
         assert f"### `budgetlm {name}" in readme, name
     assert "make demo" in readme[:800] and "make test" in readme[:800]
+
+
+def test_every_experiment_key_is_documented():
+    from budgetlm.compare.experiment import ARM_KEYS, EXPERIMENT_KEYS, STATS_KEYS
+
+    doc = (ROOT / "docs" / "compare.md").read_text()
+    table = set(re.findall(r"^\| `(\w+)` \|", doc, re.M))
+    assert set(EXPERIMENT_KEYS) <= table, set(EXPERIMENT_KEYS) - table
+    for key in (*ARM_KEYS, *STATS_KEYS):
+        assert f"`{key}`" in doc, key

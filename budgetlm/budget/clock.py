@@ -108,13 +108,18 @@ def _budget_help(text: object) -> str:
 
 @dataclass(frozen=True)
 class Pass:
-    """One pass of a model over a batch: `train` (forward + backward) or `forward` (no grad)."""
+    """One pass of a model over a batch: `train` (forward + backward) or `forward` (no grad).
+
+    `purpose` says what the pass was for (`training`, `selection`, `hessian`); the clock keeps
+    spending per purpose so a report can show how much of a budget went to each.
+    """
 
     kind: str
     batch_size: int
     active_layers: tuple[tuple[str, int], ...]
     flops: float
     shape: Any = None  # the ModelShape it ran on (the RST table prices per shape)
+    purpose: str = "training"
 
 
 @dataclass(frozen=True)
@@ -134,11 +139,25 @@ class Work:
 CostFn = Callable[[Work], float]
 
 
+def flops_by_purpose(work: Work) -> dict[str, float]:
+    parts: dict[str, float] = {}
+    for p in work.passes:
+        parts[p.purpose] = parts.get(p.purpose, 0.0) + p.flops
+    return parts
+
+
+def _flops(work: Work) -> float:
+    return work.flops
+
+
+_flops.parts = flops_by_purpose  # type: ignore[attr-defined]
+
+
 def _deterministic_costs() -> dict[str, CostFn]:
     return {
         "steps": lambda w: float(w.optimizer_steps),
         "tokens": lambda w: float(w.tokens),
-        "flops": lambda w: w.flops,
+        "flops": _flops,
     }
 
 
@@ -147,6 +166,8 @@ class Clock:
     """Tracks spending in every unit; progress and the stop rule are in the budget's unit.
 
     `extra_costs` adds units the clock cannot compute itself (RST comes from a cost model).
+    A cost function with a `parts(work) -> {purpose: amount}` attribute also has its spending
+    kept per purpose in `by_purpose[unit]` (training, selection, hessian, optimizer).
     `timer` is injectable so tests can drive wall-clock budgets deterministically.
     """
 
@@ -154,6 +175,7 @@ class Clock:
     extra_costs: Mapping[str, CostFn] = field(default_factory=dict)
     timer: Callable[[], float] = time.perf_counter
     spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(UNITS, 0.0))
+    by_purpose: dict[str, dict[str, float]] = field(default_factory=dict)
     done: bool = False
     _last_planned: bool = False
     _wall_estimate: float | None = None
@@ -197,7 +219,15 @@ class Clock:
             wall_seconds = self.timer() - self._started_at
         self._started_at = None
         for unit, cost in self._costs.items():
-            self.spent[unit] += cost(work)
+            parts = getattr(cost, "parts", None)
+            if parts is None:
+                self.spent[unit] += cost(work)
+                continue
+            split = parts(work)
+            self.spent[unit] += sum(split.values())
+            kept = self.by_purpose.setdefault(unit, {})
+            for purpose, amount in split.items():
+                kept[purpose] = kept.get(purpose, 0.0) + amount
         self.spent["seconds"] += wall_seconds
         self.done = self.done or self._last_planned
         # Exponential average of recent step times predicts the next one.
@@ -220,6 +250,7 @@ class Clock:
         return {
             "budget": {"amount": self.budget.amount, "unit": self.budget.unit},
             "spent": dict(self.spent),
+            "by_purpose": {unit: dict(parts) for unit, parts in self.by_purpose.items()},
             "done": self.done,
             "wall_estimate": self._wall_estimate,
         }
@@ -229,5 +260,9 @@ class Clock:
         if saved != self.budget:
             raise BudgetError(f"checkpoint was made for budget {saved}, this run has {self.budget}")
         self.spent = {unit: float(state["spent"].get(unit, 0.0)) for unit in UNITS}
+        self.by_purpose = {
+            unit: {k: float(v) for k, v in parts.items()}
+            for unit, parts in state.get("by_purpose", {}).items()
+        }
         self.done = bool(state["done"])
         self._wall_estimate = state["wall_estimate"]

@@ -305,14 +305,20 @@ class CostTable:
             warn(f"RST for an uncovered shape ({_describe(p.shape)}) estimated from FLOPs")
             return p.flops * self.seconds_per_flop(p.kind)
 
-        def price(work: Work) -> float:
-            total = sum(price_pass(p) for p in work.passes)
+        def parts(work: Work) -> dict[str, float]:
+            split: dict[str, float] = {}
+            for p in work.passes:
+                split[p.purpose] = split.get(p.purpose, 0.0) + price_pass(p)
             if work.optimizer_steps:
-                total += work.optimizer_steps * self.optimizer_seconds(
+                split["optimizer"] = work.optimizer_steps * self.optimizer_seconds(
                     work, optimizer, fallback, warn
                 )
-            return total
+            return split
 
+        def price(work: Work) -> float:
+            return sum(parts(work).values())
+
+        price.parts = parts  # type: ignore[attr-defined]
         return price
 
     def optimizer_seconds(

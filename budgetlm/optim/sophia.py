@@ -174,7 +174,9 @@ class SophiaHessian(Method):
                 out = model(batch, active=plan.active, return_logits=True)
             loss, _ = sampled_label_loss(out.logits, batch["labels"], gen)
             (loss / total).backward()
-            plan.extra_passes.append(train_pass(model.shape, len(chunk["labels"]), plan.active))
+            plan.extra_passes.append(
+                train_pass(model.shape, len(chunk["labels"]), plan.active, purpose="hessian")
+            )
         optimizer.update_hessian(total)
         # The training step starts from clean gradients (the loop zeroes them too).
         optimizer.zero_grad(set_to_none=True)

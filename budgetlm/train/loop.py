@@ -297,6 +297,7 @@ class Trainer:
             },
             "steps": self.state.step,
             "spent": dict(clock.spent),
+            "spent_by_purpose": {unit: dict(parts) for unit, parts in clock.by_purpose.items()},
             "overshoot": clock.spent[clock.budget.unit] - clock.budget.amount,
             "epochs": round(self.stream.epochs_at(self.state.step), 4),
             "final_val_loss": last_eval.get("val_loss"),

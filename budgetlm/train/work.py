@@ -24,19 +24,28 @@ def active_counts(
     return tuple(sorted(sizes.items()))
 
 
-def train_pass(shape: ModelShape, batch_size: int, active: dict[str, list[int]] | None) -> Pass:
+def train_pass(
+    shape: ModelShape,
+    batch_size: int,
+    active: dict[str, list[int]] | None,
+    purpose: str = "training",
+) -> Pass:
     """A forward + backward pass over `batch_size` sequences with the given active blocks."""
     counts = active_counts(shape, active)
     flops = 3 * forward_flops(shape, batch_size, active_layers=dict(counts))
-    return Pass("train", batch_size, counts, flops, shape)
+    return Pass("train", batch_size, counts, flops, shape, purpose)
 
 
-def forward_pass(shape: ModelShape, batch_size: int, active: dict[str, list[int]] | None) -> Pass:
-    """A forward pass without gradients (batch selection, Hessian estimates charge these)."""
+def forward_pass(
+    shape: ModelShape,
+    batch_size: int,
+    active: dict[str, list[int]] | None,
+    purpose: str = "selection",
+) -> Pass:
+    """A forward pass without gradients (batch selection charges these)."""
     counts = active_counts(shape, active)
-    return Pass(
-        "forward", batch_size, counts, forward_flops(shape, batch_size, dict(counts)), shape
-    )
+    flops = forward_flops(shape, batch_size, dict(counts))
+    return Pass("forward", batch_size, counts, flops, shape, purpose)
 
 
 def step_work(

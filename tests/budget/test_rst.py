@@ -240,3 +240,28 @@ def test_optimizer_step_is_priced_by_the_layers_that_got_gradients():
     assert price(Work((half,), tokens=0)) - passes_only == pytest.approx(0.001 + 0.0005 * 2)
     full_only = price(Work((full,), tokens=0, optimizer_steps=0))
     assert price(Work((full,), tokens=0)) - full_only == pytest.approx(0.003)
+
+
+def test_clock_keeps_spending_per_purpose_and_restores_it():
+    from budgetlm.budget.clock import Budget, Clock
+
+    table = CostTable({"device": "test"})
+    table.add(synthetic_entry())
+    price = table.cost_function("adamw")
+    full = train_pass(SHAPE, 4, None)
+    selection = forward_pass(SHAPE, 8, None)
+    hessian = train_pass(SHAPE, 2, None, purpose="hessian")
+    work = Work((full, full, selection, hessian), tokens=0)
+    clock = Clock(Budget.parse("10s-rst"), extra_costs={"rst": price})
+    for _ in range(3):
+        clock.charge(work, wall_seconds=0.1)
+    rst = clock.by_purpose["rst"]
+    assert rst["training"] == pytest.approx(3 * 2 * price(Work((full,), 0, 0)))
+    assert rst["selection"] == pytest.approx(3 * price(Work((selection,), 0, 0)))
+    assert rst["hessian"] == pytest.approx(3 * price(Work((hessian,), 0, 0)))
+    assert rst["optimizer"] == pytest.approx(3 * 0.005)
+    assert sum(rst.values()) == pytest.approx(clock.spent["rst"])
+    assert sum(clock.by_purpose["flops"].values()) == pytest.approx(clock.spent["flops"])
+    restored = Clock(Budget.parse("10s-rst"), extra_costs={"rst": price})
+    restored.load_state_dict(clock.state_dict())
+    assert restored.by_purpose == clock.by_purpose

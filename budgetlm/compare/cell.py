@@ -1,0 +1,116 @@
+"""One grid cell in its own process: `python -m budgetlm.compare.cell CELL_DIR`.
+
+A cell is an ordinary run directory (train with the one loop, `--resume auto` semantics) plus
+`cell.yaml`, the config the grid wants there. The process
+- holds `CELL_DIR/.lock` while it works, so a leftover process of a killed grid and its
+  re-run never train the same cell at once;
+- prepares a RHO-loss IL table first when the arm needs one (under a lock: cells of one seed
+  share it);
+- writes `error.json` (type, message, traceback) when the run fails, and exits 1 (2 for a bad
+  config: retrying cannot help), 130 when stopped by a signal (its checkpoint is kept);
+- stops like Ctrl-C when its parent grid process dies, so a killed grid leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+CELL_CONFIG = "cell.yaml"
+ERROR_FILE = "error.json"
+LOCK_FILE = ".lock"
+EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 1, 2, 130
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock, released by the OS when the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _stop_when_orphaned(poll_seconds: float = 0.2) -> None:
+    """Ask the loop to stop (it checkpoints first) once the grid process that started us is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
+
+
+def write_error(cell_dir: Path, error: BaseException, user_error: bool) -> None:
+    record = {
+        "type": type(error).__name__,
+        "message": str(error),
+        "user_error": user_error,
+        "traceback": "".join(traceback.format_exception(error)),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    tmp = cell_dir / f".{ERROR_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, cell_dir / ERROR_FILE)
+
+
+def run_cell(cell_dir: Path) -> int:
+    from budgetlm.cli import _user_errors
+    from budgetlm.config import load_config
+    from budgetlm.methods import parse_method_spec
+    from budgetlm.train.session import finished_summary, open_run
+
+    with file_lock(cell_dir / LOCK_FILE):
+        cfg = load_config(cell_dir / CELL_CONFIG)
+        if finished_summary(cfg) is not None:
+            return 0
+        (cell_dir / ERROR_FILE).unlink(missing_ok=True)
+        try:
+            if "rho_loss" in parse_method_spec(cfg.method):
+                from budgetlm.rho_cli import prepare_il_table
+
+                with file_lock(Path(cfg.run.out_dir) / "rho" / LOCK_FILE):
+                    prepare_il_table(cfg, progress=False)
+            trainer = open_run(cfg, resume="auto", progress=False)
+            try:
+                summary = trainer.run()
+            finally:
+                trainer.log.close()
+        except Exception as e:
+            if type(e).__name__ == "ILRunStopped":  # the IL model's run was asked to stop
+                return EXIT_INTERRUPTED
+            user_error = isinstance(e, _user_errors())
+            write_error(cell_dir, e, user_error)
+            print(f"cell failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR if user_error else EXIT_FAILED
+    if summary["status"] != "finished":
+        return EXIT_INTERRUPTED
+    print(f"cell finished: held-out loss {summary['final_val_loss']}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m budgetlm.compare.cell CELL_DIR", file=sys.stderr)
+        return EXIT_USER_ERROR
+    _stop_when_orphaned()
+    return run_cell(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

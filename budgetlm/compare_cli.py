@@ -1,0 +1,116 @@
+"""`budgetlm compare EXPERIMENT.yaml` and `budgetlm report DIR` (docs/compare.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="run methods x budgets x seeds and report who beats the baseline",
+        description="Run an experiment's grid (arms x budgets x seeds, optional LR grids), "
+        "each cell its own run in its own process, then write the report. Re-running skips "
+        "finished cells and resumes interrupted ones. Exit status: 0 all cells finished, "
+        "1 some failed (the report lists them), 130 interrupted. See docs/compare.md.",
+    )
+    p.add_argument("experiment", help="experiment YAML file")
+    p.add_argument("--out", help="output folder (default: runs/compare-<experiment name>)")
+    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel (default 1)")
+    p.add_argument("--threads", type=int, help="torch threads per cell (default: CPU cores / jobs)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="discard cells whose config no longer matches the experiment, and rerun them",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the cells; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser(
+        "report",
+        help="(re)write the report of a compare folder",
+        description="Read a compare folder's cells and write report.html (self-contained), "
+        "report.md, summary.csv and cells.csv into it. Works on an unfinished grid too.",
+    )
+    p.add_argument("dir", help="the folder `budgetlm compare` wrote")
+    p.set_defaults(func=cmd_report)
+
+
+def default_out(name: str) -> Path:
+    return Path("runs") / f"compare-{name}"
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from budgetlm.compare.experiment import load_experiment
+    from budgetlm.compare.grid import GridRunner
+
+    exp = load_experiment(args.experiment)
+    out = Path(args.out) if args.out else default_out(exp.name)
+    if args.dry_run:
+        _print_plan(exp)
+        return 0
+    runner = GridRunner(
+        exp,
+        out,
+        jobs=args.jobs,
+        threads=args.threads,
+        progress=not args.quiet,
+        retry_failed=args.retry_failed,
+        rerun_changed=args.rerun_changed,
+    )
+    print(f"compare {exp.name}: output in {out}", file=sys.stderr)
+    try:
+        outcome = runner.run()
+    except KeyboardInterrupt:
+        print("stopped; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    paths = _write(out)
+    print(
+        f"cells: {len(outcome.finished)} run now, {len(outcome.skipped)} already finished, "
+        f"{len(outcome.failed)} failed, {len(outcome.interrupted)} interrupted"
+    )
+    print(f"report: {paths['html']}")
+    if outcome.stopped:
+        print("stopped; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if outcome.failed:
+        print(f"{len(outcome.failed)} cells failed; the report lists their errors", file=sys.stderr)
+        return EXIT_CELLS_FAILED
+    return 0
+
+
+def _write(out: Path) -> dict[str, Path]:
+    from budgetlm.compare.report import build_report, write_report
+
+    return write_report(build_report(out))
+
+
+def _print_plan(exp: Any) -> None:
+    tuning, untuned = exp.tuning_cells(), exp.untuned_cells()
+    tuned = [a for a in exp.arms if a.tuned]
+    later = len(tuned) * len(exp.budgets) * len(set(exp.seeds) - set(exp.tuning_seeds))
+    print(
+        f"experiment {exp.name}: {len(exp.arms)} arms x {len(exp.budgets)} budgets x "
+        f"{len(exp.seeds)} seeds; baseline {exp.baseline}"
+    )
+    for cell in tuning:
+        print(f"  tune  {cell.id}")
+    for cell in untuned:
+        print(f"  run   {cell.id}")
+    if later:
+        print(f"  then  {later} cells: the other seeds of tuned arms at their chosen LR")
+    print(f"{len(tuning) + len(untuned) + later} cells in all")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    paths = _write(Path(args.dir))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0

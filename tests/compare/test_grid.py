@@ -1,0 +1,215 @@
+"""Real grids: every cell a real tiny training run in its own process."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from budgetlm.cli import main
+from budgetlm.train.checkpoint import complete_checkpoints
+
+from .html_check import check_html
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_GPT = {
+    "model": {
+        "preset": "gpt-tiny",
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 2,
+        "d_kv": 16,
+        "d_ff": 64,
+        "seq_len": 32,
+    },
+    "data": {"corpus": "fixture", "vocab_size": 2048, "val_fraction": 0.05},
+    "optim": {"name": "adamw", "lr": 3e-3},
+    "schedule": {"name": "warmup_linear"},
+    "train": {
+        "batch_size": 8,
+        "eval_batches": 2,
+        "eval_every": 0.25,
+        "checkpoint_every": 0.1,
+        "threads": 1,
+    },
+}
+
+
+def experiment(tmp_path: Path, arms: list, name: str = "grid") -> Path:
+    raw = {
+        "name": name,
+        "config": SMALL_GPT,
+        "budgets": ["100steps"],
+        "seeds": [1, 2],
+        "arms": arms,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+TWO_ARMS = [{"name": "baseline"}, {"name": "lion", "optim": "lion", "set": {"optim.lr": 3e-4}}]
+LOSS_COLUMNS = ("arm", "n", "loss_mean", "loss_std", "diff_vs_baseline", "p_value", "verdict")
+
+
+def summary_table(out: Path) -> list[tuple]:
+    with open(out / "summary.csv") as f:
+        return [tuple(r[k] for k in LOSS_COLUMNS) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("grid")
+    out = tmp / "out"
+    code = main(
+        [
+            "compare",
+            str(experiment(tmp, TWO_ARMS)),
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--threads",
+            "1",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
+    finals = {}
+    for arm in ("baseline", "lion"):
+        finals[arm] = [
+            json.loads((finished_grid / f"cells/{arm}/100steps/seed{s}/summary.json").read_text())[
+                "final_val_loss"
+            ]
+            for s in (1, 2)
+        ]
+    with open(finished_grid / "summary.csv") as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"baseline", "lion"}
+    for arm, losses in finals.items():
+        assert float(rows[arm]["loss_mean"]) == pytest.approx(statistics.mean(losses), rel=1e-5)
+        assert float(rows[arm]["loss_std"]) == pytest.approx(statistics.stdev(losses), rel=1e-4)
+        assert rows[arm]["n"] == "2"
+    md = (finished_grid / "report.md").read_text()
+    assert "| baseline |" in md and "| lion |" in md
+    check = check_html((finished_grid / "report.html").read_text())
+    assert check["errors"] == [] and check["external"] == []
+
+
+def test_rerun_of_a_finished_grid_runs_nothing(finished_grid, capsys):
+    exp = finished_grid.parent / "grid.yaml"
+    assert main(["compare", str(exp), "--out", str(finished_grid), "--quiet"]) == 0
+    assert "0 run now, 4 already finished" in capsys.readouterr().out
+
+
+def test_report_renders_in_headless_chromium(finished_grid, tmp_path):
+    from .browser import need_browser, png_pixels, render
+
+    need_browser()
+    shot = tmp_path / "report.png"
+    page = render(finished_grid / "report.html", screenshot=shot)
+    assert page["svg_count"] >= 3
+    assert len(page["series_boxes"]) >= 2 and all(w > 0 and h > 0 for w, h in page["series_boxes"])
+    assert not page["errors"]
+    pixels = png_pixels(shot.read_bytes())
+    assert len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])[::97]}) > 5
+
+
+def test_a_failing_cell_is_reported_and_the_others_complete(tmp_path):
+    arms = [
+        {"name": "baseline"},
+        {"name": "broken", "set": {"data.corpus": str(tmp_path / "missing.txt")}},
+    ]
+    out = tmp_path / "out"
+    code = main(
+        [
+            "compare",
+            str(experiment(tmp_path, arms, "fails")),
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--threads",
+            "1",
+            "--quiet",
+        ]
+    )
+    assert code == 1  # some cells failed
+    for seed in (1, 2):
+        assert (out / f"cells/baseline/100steps/seed{seed}/summary.json").is_file()
+        error = json.loads((out / f"cells/broken/100steps/seed{seed}/error.json").read_text())
+        assert "missing.txt" in error["message"]
+    with open(out / "cells.csv") as f:
+        status = {r["cell"]: r["status"] for r in csv.DictReader(f)}
+    assert (
+        status["broken/100steps/seed1"] == "failed"
+        and status["baseline/100steps/seed2"] == "finished"
+    )
+    assert "Failed cells" in (out / "report.html").read_text()
+
+
+def _unlocked(path: Path) -> bool:
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
+def test_killed_grid_finishes_only_missing_cells_with_the_same_report(tmp_path, finished_grid):
+    exp = experiment(tmp_path, TWO_ARMS)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "budgetlm",
+        "compare",
+        str(exp),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    grid = subprocess.Popen(
+        cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    first, second = out / "cells/baseline/100steps/seed1", out / "cells/baseline/100steps/seed2"
+    deadline = time.monotonic() + 120
+    while not complete_checkpoints(second / "checkpoints"):
+        assert time.monotonic() < deadline and grid.poll() is None, "grid ended before the kill"
+        time.sleep(0.02)
+    grid.send_signal(signal.SIGKILL)  # no clean-up: the cell notices its parent is gone
+    grid.wait()
+    while not _unlocked(second / ".lock"):
+        time.sleep(0.05)
+    assert (first / "summary.json").is_file()
+    assert not (second / "summary.json").is_file(), "the second cell finished before the kill"
+    first_done = (first / "summary.json").stat().st_mtime_ns
+
+    assert (
+        main(["compare", str(exp), "--out", str(out), "--jobs", "1", "--threads", "1", "--quiet"])
+        == 0
+    )
+    assert (first / "summary.json").stat().st_mtime_ns == first_done  # not run again
+    attempts = json.loads((second / "meta.json").read_text())["attempts"]
+    assert len(attempts) == 2 and attempts[1]["resumed_from"]  # resumed from its checkpoint
+    assert summary_table(out) == summary_table(finished_grid)
