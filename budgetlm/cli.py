@@ -11,13 +11,14 @@ EXIT_USAGE = 2  # bad config or input: nothing was written
 EXIT_INTERRUPTED = 130
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
     from budgetlm.budget.clock import BudgetError
     from budgetlm.budget.rst import TableError
     from budgetlm.compare.experiment import ExperimentError
     from budgetlm.compare.report import ReportError
     from budgetlm.config import ConfigError
     from budgetlm.data.shards import ShardError
+    from budgetlm.finetune.tasks import TaskError
     from budgetlm.train.checkpoint import CheckpointError
     from budgetlm.train.session import RunExists
 
@@ -30,6 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ShardError,
         CheckpointError,
         RunExists,
+        TaskError,
         FileNotFoundError,
     )
 
@@ -275,9 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shapes)
 
     # Commands of the methods, each in its own module.
-    from budgetlm import compare_cli, growth_cli, rho_cli, scaling_cli
+    from budgetlm import compare_cli, finetune_cli, growth_cli, rho_cli, scaling_cli
 
     compare_cli.register(sub)
+    finetune_cli.register(sub)
     growth_cli.register(sub)
     scaling_cli.register(sub)
     rho_cli.register(sub)
@@ -288,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as e:
+    except user_errors() as e:
         print(f"budgetlm {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 CELL_CONFIG = "cell.yaml"
 ERROR_FILE = "error.json"
+FINETUNE_SPEC = "cell-finetune.json"  # the experiment's `finetune:` section, when it has one
+FINETUNE_ERROR = "finetune-error.json"
 LOCK_FILE = ".lock"
 EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -55,7 +57,9 @@ def _stop_when_orphaned(poll_seconds: float = 0.2) -> None:
     threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
 
 
-def write_error(cell_dir: Path, error: BaseException, user_error: bool) -> None:
+def write_error(
+    cell_dir: Path, error: BaseException, user_error: bool, name: str = ERROR_FILE
+) -> None:
     record = {
         "type": type(error).__name__,
         "message": str(error),
@@ -63,13 +67,13 @@ def write_error(cell_dir: Path, error: BaseException, user_error: bool) -> None:
         "traceback": "".join(traceback.format_exception(error)),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    tmp = cell_dir / f".{ERROR_FILE}.tmp"
+    tmp = cell_dir / f".{name}.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, cell_dir / ERROR_FILE)
+    os.replace(tmp, cell_dir / name)
 
 
 def run_cell(cell_dir: Path) -> int:
-    from budgetlm.cli import _user_errors
+    from budgetlm.cli import user_errors
     from budgetlm.config import load_config
     from budgetlm.methods import parse_method_spec
     from budgetlm.train.session import finished_summary, open_run
@@ -77,7 +81,7 @@ def run_cell(cell_dir: Path) -> int:
     with file_lock(cell_dir / LOCK_FILE):
         cfg = load_config(cell_dir / CELL_CONFIG)
         if finished_summary(cfg) is not None:
-            return 0
+            return finetune_cell(cell_dir)
         (cell_dir / ERROR_FILE).unlink(missing_ok=True)
         try:
             if "rho_loss" in parse_method_spec(cfg.method):
@@ -93,13 +97,46 @@ def run_cell(cell_dir: Path) -> int:
         except Exception as e:
             if type(e).__name__ == "ILRunStopped":  # the IL model's run was asked to stop
                 return EXIT_INTERRUPTED
-            user_error = isinstance(e, _user_errors())
+            user_error = isinstance(e, user_errors())
             write_error(cell_dir, e, user_error)
             print(f"cell failed: {type(e).__name__}: {e}", file=sys.stderr)
             return EXIT_USER_ERROR if user_error else EXIT_FAILED
-    if summary["status"] != "finished":
-        return EXIT_INTERRUPTED
-    print(f"cell finished: held-out loss {summary['final_val_loss']}", file=sys.stderr)
+        if summary["status"] != "finished":
+            return EXIT_INTERRUPTED
+        print(f"cell finished: held-out loss {summary['final_val_loss']}", file=sys.stderr)
+        return finetune_cell(cell_dir)
+
+
+def finetune_cell(cell_dir: Path) -> int:
+    """Fine-tune a finished cell as the experiment asks, unless its scores are already there."""
+    from budgetlm.finetune.store import read_results
+
+    spec_path = cell_dir / FINETUNE_SPEC
+    if not spec_path.is_file():
+        return 0
+    spec = json.loads(spec_path.read_text())
+    if spec["suite"] in read_results(cell_dir):
+        return 0
+    from budgetlm.finetune.loop import Protocol
+    from budgetlm.finetune.run import finetune_run
+
+    (cell_dir / FINETUNE_ERROR).unlink(missing_ok=True)
+    protocol = Protocol(**{k: v for k, v in spec.items() if k in Protocol.__dataclass_fields__})
+    try:
+        results = finetune_run(
+            cell_dir,
+            spec["suite"],
+            tasks=spec.get("tasks"),
+            seeds=spec.get("seeds", [1]),
+            protocol=protocol,
+            data_dir=spec.get("data_dir"),
+            progress=False,
+        )
+    except Exception as e:
+        write_error(cell_dir, e, user_error=False, name=FINETUNE_ERROR)
+        print(f"fine-tuning failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"fine-tuned: {spec['suite']} average {results['average']:.4f}", file=sys.stderr)
     return 0
 
 

@@ -28,6 +28,20 @@ EXPERIMENT_KEYS = (
     "baseline",
     "tuning",
     "stats",
+    "finetune",
+)
+FINETUNE_KEYS = (
+    "suite",
+    "tasks",
+    "seeds",
+    "data_dir",
+    "lr",
+    "batch_size",
+    "epochs",
+    "max_length",
+    "select",
+    "max_train",
+    "max_eval",
 )
 ARM_KEYS = ("name", "description", "method", "optim", "set", "lr_grid")
 STATS_KEYS = ("test", "confidence", "alpha", "correction")
@@ -91,6 +105,7 @@ class Experiment:
     stats: StatsSpec = field(default_factory=StatsSpec)
     description: str = ""
     source: Path | None = None
+    finetune: dict[str, Any] | None = None  # fine-tune every finished cell (docs/finetune.md)
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -125,8 +140,11 @@ class Experiment:
             for cell in self.final_cells(arm, budget, None)
         ]
 
-    def config_for(self, cell: Cell, out_dir: Path, threads: int | None = None) -> Config:
-        """The exact run config of a cell: base, inline config, shared and arm settings."""
+    def config_for(
+        self, cell: Cell, out_dir: Path | None = None, threads: int | None = None
+    ) -> Config:
+        """The exact run config of a cell: base, inline config, shared and arm settings; its
+        run directory is placed under `out_dir` (left unset without one)."""
         arm = self.arm(cell.arm)
         settings: dict[str, Any] = {**_flatten(self.config), **_flatten(self.settings)}
         settings["method"] = arm.method
@@ -138,12 +156,13 @@ class Experiment:
                 "budget": cell.budget,
                 "run.seed": cell.seed,
                 "run.name": f"{self.name}/{cell.id}",
-                "run.dir": str(out_dir / "cells" / cell.id),
-                # Shared by every cell: RHO-loss cells find one IL table per seed here.
-                "run.out_dir": str(out_dir),
                 "train.progress_bar": False,
             }
         )
+        if out_dir is not None:
+            settings["run.dir"] = str(out_dir / "cells" / cell.id)
+            # Shared by every cell: RHO-loss cells find one IL table per seed here.
+            settings["run.out_dir"] = str(out_dir)
         if cell.lr is not None:
             settings["optim.lr"] = cell.lr
         if threads is not None:
@@ -177,6 +196,7 @@ class Experiment:
                 for a in self.arms
             ],
             "source": str(self.source) if self.source else None,
+            "finetune": self.finetune,
         }
 
 
@@ -267,6 +287,7 @@ def experiment_from_dict(
     shared = raw.get("set") or {}
     if not isinstance(shared, dict):
         raise ExperimentError("set: must be a mapping of dotted config keys to values")
+    finetune = _finetune(raw.get("finetune"), root)
     name = str(raw.get("name", default_name))
     if not _NAME.match(name):
         raise ExperimentError(f"name {name!r}: use letters, digits, '.', '_' or '-'")
@@ -283,6 +304,7 @@ def experiment_from_dict(
         settings=dict(shared),
         stats=stats,
         source=source,
+        finetune=finetune,
     )
 
 
@@ -295,10 +317,9 @@ def check_cells(exp: Experiment) -> None:
             Budget.parse(budget)
         except BudgetError as e:
             raise ExperimentError(f"budgets: {e}") from e
-    probe = Path("/nonexistent-compare-dir")
     for arm in exp.arms:
         for lr in arm.lr_grid or (None,):
-            exp.config_for(Cell(arm.name, exp.budgets[0], exp.seeds[0], lr), probe)
+            exp.config_for(Cell(arm.name, exp.budgets[0], exp.seeds[0], lr))
 
 
 def _arm(raw: Any, index: int) -> Arm:
@@ -334,6 +355,37 @@ def _arm(raw: Any, index: int) -> Arm:
         lr_grid=lr_grid,
         description=str(raw.get("description", "")),
     )
+
+
+def _finetune(raw: Any, root: Path) -> dict[str, Any] | None:
+    """The fine-tuning spec, checked now: a bad protocol should not surface after training."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ExperimentError("finetune: must be a mapping (suite, tasks, seeds, epochs, ...)")
+    _check_keys(raw, FINETUNE_KEYS, "finetune.")
+    from budgetlm.finetune.loop import Protocol
+    from budgetlm.finetune.suites import suite_tasks
+    from budgetlm.finetune.tasks import TaskError
+
+    spec = dict(raw)
+    spec.setdefault("suite", "offline")
+    try:
+        known = suite_tasks(spec["suite"])
+        unknown = [t for t in spec.get("tasks") or [] if t not in known]
+        if unknown:
+            raise TaskError(f"suite {spec['suite']!r} has no task {unknown}")
+        Protocol(**{k: v for k, v in spec.items() if k in Protocol.__dataclass_fields__})
+    except (TaskError, ValueError, TypeError) as e:
+        raise ExperimentError(f"finetune: {e}") from e
+    if spec.get("data_dir"):
+        data_dir = Path(spec["data_dir"])
+        spec["data_dir"] = str(data_dir if data_dir.is_absolute() else (root / data_dir).resolve())
+    seeds = spec.get("seeds", [1])
+    spec["seeds"] = [
+        _int(s, "finetune.seeds") for s in (seeds if isinstance(seeds, list) else [seeds])
+    ]
+    return spec
 
 
 def _check_keys(raw: dict, allowed: tuple[str, ...], where: str) -> None:

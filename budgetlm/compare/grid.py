@@ -30,7 +30,14 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from budgetlm.compare.cell import CELL_CONFIG, ERROR_FILE, EXIT_INTERRUPTED, write_error
+from budgetlm.compare.cell import (
+    CELL_CONFIG,
+    ERROR_FILE,
+    EXIT_INTERRUPTED,
+    FINETUNE_ERROR,
+    FINETUNE_SPEC,
+    write_error,
+)
 from budgetlm.compare.experiment import Cell, Experiment, ExperimentError
 from budgetlm.compare.results import judged_cells, read_cell
 from budgetlm.config import RESUME_SAFE, Config, config_diff, dump_yaml
@@ -156,11 +163,24 @@ class GridRunner:
                 shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CELL_CONFIG).write_text(dump_yaml(cfg))
-        state = read_cell(cell, self.out_dir, with_curve=False).status
-        if state == "failed" and self.retry_failed:
-            (run_dir / ERROR_FILE).unlink()
-            return "todo"
-        return state if state in ("finished", "failed") else "todo"
+        spec = run_dir / FINETUNE_SPEC
+        if self.exp.finetune:
+            spec.write_text(json.dumps(self.exp.finetune, indent=2) + "\n")
+        else:
+            spec.unlink(missing_ok=True)
+        result = read_cell(cell, self.out_dir, with_curve=False)
+        if self.retry_failed:
+            for name in (ERROR_FILE, FINETUNE_ERROR):
+                (run_dir / name).unlink(missing_ok=True)
+            result = read_cell(cell, self.out_dir, with_curve=False)
+        if result.status == "finished" and self._finetune_pending(result):
+            return "todo"  # trained; its fine-tuning is still to do
+        return result.status if result.status in ("finished", "failed") else "todo"
+
+    def _finetune_pending(self, result: Any) -> bool:
+        if not self.exp.finetune or result.error is not None:
+            return False
+        return self.exp.finetune["suite"] not in result.downstream
 
     def _prepare_data(self, cells: list[Cell]) -> None:
         """Tokenize each distinct dataset once, here, rather than in several cells at once."""
@@ -278,9 +298,12 @@ class GridRunner:
     def _collect(self, r: _Running, outcome: GridOutcome) -> None:
         r.log.close()
         code = r.process.returncode
-        state = read_cell(r.cell, self.out_dir, with_curve=False).status
-        if state == "finished":
+        result = read_cell(r.cell, self.out_dir, with_curve=False)
+        state = result.status
+        if state == "finished" and result.error is None:
             outcome.finished.append(r.cell)
+        elif state == "finished":  # trained, but its fine-tuning failed
+            outcome.failed.append(r.cell)
         elif code == EXIT_INTERRUPTED or (self._stop_requests and code != 0):
             outcome.interrupted.append(r.cell)
         else:

@@ -7,9 +7,11 @@ import math
 from typing import Any
 
 from budgetlm.budget.clock import Budget
+from budgetlm.compare import stats
 from budgetlm.compare.report import (
     PURPOSES,
     ArmResult,
+    Downstream,
     Report,
     curve_unit,
     seed_band,
@@ -100,6 +102,60 @@ def table_cells(row: dict[str, Any], r: ArmResult) -> list[str]:
         fmt(row["wall_s_mean"], 1),
         _share(row["selection_hessian_share"]),
     ]
+
+
+# -- downstream -----------------------------------------------------------------------------------
+
+
+def downstream_header(d: Downstream) -> list[str]:
+    return ["arm", "n", f"{d.suite} average", "Δ vs baseline [CI]", "p (adj.)", "verdict", *d.tasks]
+
+
+def downstream_rows(report: Report, budget: str, d: Downstream) -> list[list[str]]:
+    rows = []
+    for r in report.results[budget]:
+        values = r.downstream(d.suite)
+        if not values:
+            continue
+        mean, std = stats.mean_std(values)
+        c = d.comparisons.get(r.arm)
+        diff = "–"
+        if c is not None:
+            ci = "" if math.isnan(c.ci_low) else f" [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+            diff = f"{c.diff:+.4f}{ci}"
+        verdict = "baseline" if r.arm == report.exp.baseline else (c.verdict if c else "–")
+        tasks = [fmt(_mean(r.downstream(d.suite, t))) for t in d.tasks]
+        rows.append(
+            [
+                r.arm,
+                str(len(values)),
+                f"{mean:.4f} ± {std:.4f}",
+                diff,
+                fmt_p(c.p_adjusted if c else None),
+                verdict,
+                *tasks,
+            ]
+        )
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def downstream_note(d: Downstream) -> str:
+    p = d.protocol
+    select = (
+        "the best epoch on validation (max over epochs: optimistic, it selects on what it reports)"
+        if p.get("select") == "max"
+        else "the final epoch on validation"
+    )
+    return (
+        f"Each pre-trained run (one per seed) fine-tuned on {d.suite}: lr {p.get('lr')}, batch "
+        f"{p.get('batch_size')}, {p.get('epochs')} epochs, max length {p.get('max_length')}; "
+        f"score of {select}, averaged over fine-tuning seeds; the suite average is the mean of "
+        "the tasks' main metrics. Higher is better."
+    )
 
 
 # -- charts -------------------------------------------------------------------------------------
@@ -245,6 +301,7 @@ def render_html(report: Report) -> str:
             f"<h2>Budget {_e(budget)}</h2>",
             _html_table(TABLE_HEADER, table_rows, classes),
             f'<p class="note">{_e(_stats_note(report))}</p>',
+            *_downstream_html(report, budget),
             '<div class="charts">',
             loss_curves(report, budget),
             *spending(report, budget),
@@ -258,6 +315,19 @@ def render_html(report: Report) -> str:
         parts += ["<h2>Failed cells</h2>", _failed_html(report)]
     parts += ["<h2>Protocol</h2>", _protocol_html(report), "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _downstream_html(report: Report, budget: str) -> list[str]:
+    parts = []
+    for d in report.downstream.get(budget, []):
+        rows = downstream_rows(report, budget, d)
+        classes = {(i, 5): VERDICT_CLASS.get(row[5], "") for i, row in enumerate(rows)}
+        parts += [
+            f"<h3>Downstream: {_e(d.suite)}</h3>",
+            _html_table(downstream_header(d), rows, classes),
+            f'<p class="note">{_e(downstream_note(d))}</p>',
+        ]
+    return parts
 
 
 def _stats_note(report: Report) -> str:
@@ -303,7 +373,7 @@ def _failed_rows(report: Report) -> list[list[str]]:
     return [
         [
             c.cell.id,
-            (c.error or {}).get("type", "?"),
+            ("fine-tuning: " if c.status == "finished" else "") + (c.error or {}).get("type", "?"),
             (c.error or {}).get("message", "")[:400],
             str(c.run_dir / "cell.log"),
         ]
@@ -384,6 +454,10 @@ def render_markdown(report: Report) -> str:
             )
         ]
         lines += [f"## Budget {budget}", "", *_md_table(TABLE_HEADER, table), ""]
+        for d in report.downstream.get(budget, []):
+            rows = downstream_rows(report, budget, d)
+            lines += [f"### Downstream: {d.suite}", "", *_md_table(downstream_header(d), rows)]
+            lines += ["", downstream_note(d), ""]
     lines += [_stats_note(report), ""]
     if report.tunings:
         lines += ["## Learning-rate tuning", "", *_md_table(TUNING_HEADER, _tuning_rows(report))]

@@ -63,6 +63,19 @@ class ArmResult:
         values = [c.summary["spent"][key] for c in self.finished if c.summary["spent"].get(key)]
         return sum(values) / len(values) if values else None
 
+    def downstream(self, suite: str, task: str | None = None) -> list[float]:
+        """Per seed: the suite average (or one task's mean main metric) after fine-tuning."""
+        values = []
+        for c in self.finished:
+            scores = c.downstream.get(suite)
+            if scores is None:
+                continue
+            if task is None:
+                values.append(float(scores["average"]))
+            elif task in scores["tasks"]:
+                values.append(float(scores["tasks"][task]["mean"]))
+        return values
+
     @property
     def steps(self) -> float | None:
         values = [c.summary["steps"] for c in self.finished]
@@ -94,12 +107,27 @@ class ArmResult:
 
 
 @dataclass
+class Downstream:
+    """Fine-tuning scores of every arm at one budget on one suite (higher is better)."""
+
+    suite: str
+    tasks: list[str]
+    comparisons: dict[str, stats.Comparison]  # arm -> against the baseline (suite average)
+    protocol: dict[str, Any]
+
+    def verdict(self, arm: str) -> str | None:
+        c = self.comparisons.get(arm)
+        return c.verdict if c else None
+
+
+@dataclass
 class Report:
     exp: Experiment
     out_dir: Path
     record: dict[str, Any]
     results: dict[str, list[ArmResult]]  # budget -> one per arm, in experiment order
     tunings: list[Tuning]
+    downstream: dict[str, list[Downstream]]  # budget -> one per suite any cell was scored on
     failed: list[CellResult]
     missing: list[str]  # cells not finished yet (report of an unfinished grid)
     protocol: dict[str, Any] = field(default_factory=dict)
@@ -151,47 +179,40 @@ def build_report(out_dir: str | Path) -> Report:
                 lr = arm.lr_grid[0]
             cells = [read_cell(c, out_dir) for c in judged[arm.name, budget] or []]
             for c in cells:
-                if c.status == "failed":
+                if c.status == "failed" or c.error is not None:  # incl. failed fine-tuning
                     seen_failed[c.cell.id] = c
                 elif c.status != "finished":
                     missing.append(c.cell.id)
             if judged[arm.name, budget] is None:
                 missing.append(f"{arm.name}/{budget} (LR tuning unfinished)")
-            cfg_optim = arm.optim or _base_optim(exp)
+            # What the arm trains with: its config at this budget (LR: the chosen one if tuned).
+            cfg = exp.config_for(Cell(arm.name, budget, exp.seeds[0], lr))
             row.append(
                 ArmResult(
                     arm=arm.name,
                     budget=budget,
                     method=arm.method,
-                    optim=cfg_optim,
-                    lr=lr if lr is not None else _configured_lr(exp, arm.name, budget),
+                    optim=cfg.optim.name,
+                    lr=None if arm.tuned and lr is None else cfg.optim.lr,
                     tuned=arm.tuned,
                     cells=cells,
                 )
             )
         _judge(exp, row)
         results[budget] = row
+    downstream = {budget: _downstream(exp, row) for budget, row in results.items()}
     report = Report(
         exp=exp,
         out_dir=out_dir,
         record=record,
         results=results,
         tunings=tunings,
+        downstream=downstream,
         failed=list(seen_failed.values()),
         missing=missing,
     )
     report.protocol = _protocol(report)
     return report
-
-
-def _base_optim(exp: Experiment) -> str:
-    cfg = exp.config_for(exp.final_cells(exp.arms[0], exp.budgets[0], None)[0], Path("/x"))
-    return cfg.optim.name
-
-
-def _configured_lr(exp: Experiment, arm: str, budget: str) -> float:
-    cell = exp.final_cells(exp.arm(arm), budget, None)[0]
-    return exp.config_for(cell, Path("/x")).optim.lr
 
 
 def _judge(exp: Experiment, row: list[ArmResult]) -> None:
@@ -212,6 +233,31 @@ def _judge(exp: Experiment, row: list[ArmResult]) -> None:
         r.comparison = by_arm.get(r.arm)
 
 
+def _downstream(exp: Experiment, row: list[ArmResult]) -> list[Downstream]:
+    suites: dict[str, dict[str, Any]] = {}
+    for r in row:
+        for c in r.finished:
+            for suite, scores in c.downstream.items():
+                suites.setdefault(suite, scores)
+    out = []
+    for suite, example in sorted(suites.items()):
+        data = {r.arm: r.downstream(suite) for r in row if r.downstream(suite)}
+        comparisons = {}
+        if exp.baseline in data:
+            found = stats.compare_arms(
+                data,
+                exp.baseline,
+                test=exp.stats.test,
+                confidence=exp.stats.confidence,
+                alpha=exp.stats.alpha,
+                correction=exp.stats.correction,
+                lower_is_better=False,
+            )
+            comparisons = {c.arm: c for c in found}
+        out.append(Downstream(suite, list(example["tasks"]), comparisons, example["protocol"]))
+    return out
+
+
 def _protocol(report: Report) -> dict[str, Any]:
     """What a reader needs to trust (or reproduce) the comparison."""
     from budgetlm.budget.rst import CostTable, TableError
@@ -229,7 +275,7 @@ def _protocol(report: Report) -> dict[str, Any]:
                 f"{device.get('type', '?')} {device.get('name') or device.get('cpu', '')}".strip()
             )
     cell = exp.final_cells(exp.arms[0], exp.budgets[0], None)[0]
-    table_name = exp.config_for(cell, Path("/x")).rst.table
+    table_name = exp.config_for(cell).rst.table
     table = None
     try:
         table = CostTable.load(table_name)
@@ -326,7 +372,63 @@ def write_report(report: Report) -> dict[str, Path]:
     paths["markdown"].write_text(render_markdown(report))
     _write_summary_csv(report, paths["summary_csv"])
     _write_cells_csv(report, paths["cells_csv"])
+    if any(report.downstream.values()):
+        paths["downstream_csv"] = out / "downstream.csv"
+        _write_downstream_csv(report, paths["downstream_csv"])
     return paths
+
+
+DOWNSTREAM_COLUMNS = (
+    "budget",
+    "suite",
+    "arm",
+    "n",
+    "average_mean",
+    "average_std",
+    "diff_vs_baseline",
+    "ci_low",
+    "ci_high",
+    "p_adjusted",
+    "verdict",
+    "task",
+    "task_mean",
+)
+
+
+def _write_downstream_csv(report: Report, path: Path) -> None:
+    """One row per (budget, suite, arm, task): the arm's statistics repeat on its task rows."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=DOWNSTREAM_COLUMNS)
+        writer.writeheader()
+        for budget, suites in report.downstream.items():
+            for d in suites:
+                for r in report.results[budget]:
+                    values = r.downstream(d.suite)
+                    if not values:
+                        continue
+                    mean, std = stats.mean_std(values)
+                    c = d.comparisons.get(r.arm)
+                    for task in d.tasks:
+                        task_values = r.downstream(d.suite, task)
+                        writer.writerow(
+                            {
+                                "budget": budget,
+                                "suite": d.suite,
+                                "arm": r.arm,
+                                "n": len(values),
+                                "average_mean": _csv_value(mean),
+                                "average_std": _csv_value(std),
+                                "diff_vs_baseline": _csv_value(c.diff if c else None),
+                                "ci_low": _csv_value(c.ci_low if c else None),
+                                "ci_high": _csv_value(c.ci_high if c else None),
+                                "p_adjusted": _csv_value(c.p_adjusted if c else None),
+                                "verdict": c.verdict if c else "baseline",
+                                "task": task,
+                                "task_mean": _csv_value(
+                                    sum(task_values) / len(task_values) if task_values else None
+                                ),
+                            }
+                        )
 
 
 SUMMARY_COLUMNS = (

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from budgetlm.compare.cell import ERROR_FILE
+from budgetlm.compare.cell import ERROR_FILE, FINETUNE_ERROR
 from budgetlm.compare.experiment import Arm, Cell, Experiment
+from budgetlm.finetune.store import read_results
 
 
 @dataclass
@@ -26,6 +27,7 @@ class CellResult:
     error: dict[str, Any] | None = None
     curve: list[dict[str, Any]] = field(default_factory=list)  # the run's eval records
     meta: dict[str, Any] | None = None
+    downstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # suite -> scores
 
     @property
     def final_loss(self) -> float | None:
@@ -45,6 +47,7 @@ def read_cell(cell: Cell, out_dir: Path, with_curve: bool = True) -> CellResult:
         summary = json.loads(summary_path.read_text())
         if summary.get("status") == "finished":
             meta_path = run_dir / "meta.json"
+            finetune_error = run_dir / FINETUNE_ERROR
             return CellResult(
                 cell,
                 "finished",
@@ -52,6 +55,9 @@ def read_cell(cell: Cell, out_dir: Path, with_curve: bool = True) -> CellResult:
                 summary=summary,
                 curve=_eval_records(run_dir / "metrics.jsonl") if with_curve else [],
                 meta=json.loads(meta_path.read_text()) if meta_path.is_file() else None,
+                downstream=read_results(run_dir),
+                # Trained, but its fine-tuning failed: the loss counts, the report says why.
+                error=json.loads(finetune_error.read_text()) if finetune_error.is_file() else None,
             )
     if error_path.is_file():
         return CellResult(cell, "failed", run_dir, error=json.loads(error_path.read_text()))

@@ -45,8 +45,22 @@ SMALL_GPT = {
 }
 
 
-def experiment(tmp_path: Path, arms: list, name: str = "grid") -> Path:
+FIXTURES = Path(__file__).resolve().parents[1] / "finetune" / "fixtures"
+# Every finished cell is fine-tuned on one small GLUE task (the committed fixture files).
+FINETUNE = {
+    "suite": "glue",
+    "data_dir": str(FIXTURES / "glue"),
+    "tasks": ["rte"],
+    "epochs": 1,
+    "batch_size": 4,
+    "max_length": 32,
+    "lr": 1e-3,
+}
+
+
+def experiment(tmp_path: Path, arms: list, name: str = "grid", **extra) -> Path:
     raw = {
+        **extra,
         "name": name,
         "config": SMALL_GPT,
         "budgets": ["100steps"],
@@ -74,7 +88,7 @@ def finished_grid(tmp_path_factory) -> Path:
     code = main(
         [
             "compare",
-            str(experiment(tmp, TWO_ARMS)),
+            str(experiment(tmp, TWO_ARMS, finetune=FINETUNE)),
             "--out",
             str(out),
             "--jobs",
@@ -108,6 +122,14 @@ def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
     assert "| baseline |" in md and "| lion |" in md
     check = check_html((finished_grid / "report.html").read_text())
     assert check["errors"] == [] and check["external"] == []
+    # Each cell was fine-tuned after training: scores in the cell, downstream rows in the report.
+    for arm in ("baseline", "lion"):
+        stored = json.loads(
+            (finished_grid / f"cells/{arm}/100steps/seed1/finetune/glue.json").read_text()
+        )
+        assert set(stored["tasks"]) == {"rte"}
+    with open(finished_grid / "downstream.csv") as f:
+        assert {r["arm"] for r in csv.DictReader(f)} == {"baseline", "lion"}
 
 
 def test_rerun_of_a_finished_grid_runs_nothing(finished_grid, capsys):
@@ -173,7 +195,7 @@ def _unlocked(path: Path) -> bool:
 
 
 def test_killed_grid_finishes_only_missing_cells_with_the_same_report(tmp_path, finished_grid):
-    exp = experiment(tmp_path, TWO_ARMS)
+    exp = experiment(tmp_path, TWO_ARMS, finetune=FINETUNE)
     out = tmp_path / "out"
     cmd = [
         sys.executable,

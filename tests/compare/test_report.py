@@ -130,3 +130,35 @@ def test_report_of_a_non_compare_folder(tmp_path):
     from budgetlm.cli import main
 
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_downstream_scores_of_the_cells_enter_the_report(tmp_path):
+    from budgetlm.finetune.store import write_results
+
+    exp, out = planted(tmp_path)
+    # Fine-tuning scores as `budgetlm finetune` stores them, for baseline and good only.
+    for seed in range(1, 5):
+        for arm, average in (("baseline", 0.60 + seed / 1000), ("good", 0.70 + seed / 1000)):
+            run_dir = out / "cells" / arm / "20steps" / f"seed{seed}"
+            write_results(
+                run_dir,
+                "offline",
+                {
+                    "average": average,
+                    "protocol": {"lr": 4e-5, "epochs": 5, "select": "final"},
+                    "tasks": {"rotten_tomatoes": {"mean": average, "main_metric": "accuracy"}},
+                },
+            )
+    report = build_report(out)
+    (d,) = report.downstream["20steps"]
+    assert d.suite == "offline" and d.tasks == ["rotten_tomatoes"]
+    assert d.verdict("good") == "better"  # higher accuracy: better, even though loss is lower
+    assert d.comparisons["good"].diff == pytest.approx(0.10)
+    assert "same" not in d.comparisons  # no downstream scores: not compared
+    paths = write_report(report)
+    with open(paths["downstream_csv"]) as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    assert float(rows["good"]["average_mean"]) == pytest.approx(0.7025)
+    assert rows["good"]["verdict"] == "better"
+    assert "Downstream: offline" in paths["html"].read_text()
+    assert "### Downstream: offline" in paths["markdown"].read_text()

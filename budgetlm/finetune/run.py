@@ -1,0 +1,122 @@
+"""Fine-tune a pre-training run's final model on a suite; write the scores into the run.
+
+Results go to `<run>/finetune/<suite>.json`: the protocol, per task the reported score of
+every fine-tuning seed (mean ± std), the majority-class baseline, the per-epoch curves, and the
+suite average of the tasks' main metrics. `budgetlm compare` reports read them from there.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from budgetlm.finetune.loop import Protocol, TaskResult, finetune_task
+from budgetlm.finetune.store import read_results, write_results
+from budgetlm.finetune.suites import suite_tasks, task_loader
+from budgetlm.finetune.tasks import TaskError
+
+
+def load_backbone(run_dir: Path) -> tuple[nn.Module, Any]:
+    """The newest complete checkpoint's model of a run, and the run's tokenizer."""
+    from budgetlm.config import load_config
+    from budgetlm.models import build_model
+    from budgetlm.train.checkpoint import CheckpointError, complete_checkpoints, load_checkpoint
+    from budgetlm.train.session import _checkpoint_shape, resolve_data
+
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
+    found = complete_checkpoints(run_dir / "checkpoints")
+    if not found:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint to fine-tune")
+    cfg = load_config(run_dir / "config.yaml")
+    data = resolve_data(cfg, progress=False)
+    shape = _checkpoint_shape(found[-1]) or data.shape
+    model = build_model(shape)
+    model.load_state_dict(load_checkpoint(found[-1])["model"])
+    return model, data.dataset.tokenizer
+
+
+def _summarise(results: list[TaskResult]) -> dict[str, Any]:
+    main = results[0].main_metric
+    values = [r.reported[main] for r in results]
+    return {
+        "main_metric": main,
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "seeds": [r.seed for r in results],
+        "reported": [r.reported for r in results],
+        "epochs": [r.epochs for r in results],
+        "majority": results[0].majority,
+        "train_examples": results[0].train_examples,
+        "eval_examples": results[0].eval_examples,
+        "seconds": sum(r.seconds for r in results),
+    }
+
+
+def finetune_run(
+    run_dir: str | Path,
+    suite: str = "offline",
+    *,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] = (1,),
+    protocol: Protocol | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    from budgetlm.train.session import resolve_device
+
+    run_dir = Path(run_dir)
+    protocol = protocol or Protocol()
+    known = suite_tasks(suite)
+    tasks = list(tasks or known)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise TaskError(f"suite {suite!r} has no task {unknown} (tasks: {', '.join(known)})")
+    backbone, tokenizer = load_backbone(run_dir)
+    torch_device = resolve_device(device)
+    load = task_loader(suite, data_dir)
+    out: dict[str, Any] = {
+        "suite": suite,
+        "run_dir": str(run_dir),
+        "protocol": protocol.to_dict(),
+        "seeds": list(seeds),
+        "tasks": {},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    for task in tasks:
+        data = load(task)
+        bar = tqdm(
+            total=len(seeds) * protocol.epochs,
+            desc=f"{suite}/{task}",
+            unit="epoch",
+            disable=None if progress else True,
+            file=sys.stderr,
+        )
+        results = []
+        for i, seed in enumerate(seeds):
+
+            def show(step: int, total: int, done: int = i, bar: tqdm = bar) -> None:
+                bar.n = round(protocol.epochs * (done + step / total), 2)
+                bar.refresh()
+
+            results.append(
+                finetune_task(backbone, tokenizer, data, protocol, seed, torch_device, show)
+            )
+        bar.close()
+        out["tasks"][task] = {"sizes": data.sizes(), **_summarise(results)}
+    means = [t["mean"] for t in out["tasks"].values()]
+    out["average"] = statistics.mean(means)
+    out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_results(run_dir, suite, out)
+    return out
+
+
+__all__ = ["finetune_run", "load_backbone", "read_results", "write_results"]
