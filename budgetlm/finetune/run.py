@@ -64,6 +64,7 @@ def finetune_run(
     run_dir: str | Path,
     suite: str = "offline",
     *,
+    out_dir: str | Path | None = None,
     tasks: Sequence[str] | None = None,
     seeds: Sequence[int] = (1,),
     protocol: Protocol | None = None,
@@ -80,7 +81,16 @@ def finetune_run(
     unknown = [t for t in tasks if t not in known]
     if unknown:
         raise TaskError(f"suite {suite!r} has no task {unknown} (tasks: {', '.join(known)})")
-    backbone, tokenizer = load_backbone(run_dir)
+    from budgetlm.interop.hf_import import is_hf_bert_dir, load_hf_bert
+
+    if is_hf_bert_dir(run_dir):  # a transformers BERT: results go next to runs, not into it
+        backbone, tokenizer = load_hf_bert(run_dir)
+        name = run_dir.parent.name if run_dir.name == "model" else run_dir.name
+        out_dir = Path(out_dir or Path("runs") / f"hf-{name}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        backbone, tokenizer = load_backbone(run_dir)
+    out_dir = Path(out_dir or run_dir)
     torch_device = resolve_device(device)
     load = task_loader(suite, data_dir)
     out: dict[str, Any] = {
@@ -115,7 +125,7 @@ def finetune_run(
     means = [t["mean"] for t in out["tasks"].values()]
     out["average"] = statistics.mean(means)
     out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    write_results(run_dir, suite, out)
+    write_results(out_dir, suite, out)
     return out
 
 
