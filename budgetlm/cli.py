@@ -40,6 +40,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc:
+        return _launch_torchrun(args)
     from budgetlm.config import load_config
     from budgetlm.train.session import finished_summary, open_run
 
@@ -52,12 +54,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_result(done)
         return 0
     trainer = open_run(cfg, resume=args.resume)
-    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    main_rank = trainer.dist.is_main
+    if main_rank:
+        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         summary = trainer.run(stop_after=args.stop_after)
     finally:
         if trainer.log is not None:
             trainer.log.close()
+        if trainer.dist.active:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if not main_rank:
+        return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
     if summary["status"] == "interrupted":
         print(
             f"interrupted at step {summary['steps']}; checkpoint saved. Continue with: "
@@ -67,6 +77,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     _print_result(summary)
     return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """`budgetlm train --nproc N ...` = torchrun on this node with N processes, each running
+    the same `budgetlm train` without --nproc."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise SystemExit("--nproc must be at least 1")
+    rest = ["train", *([args.config] if args.config else []), *args.overrides]
+    if args.resume:
+        rest += ["--resume", args.resume]
+    if args.stop_after is not None:
+        rest += ["--stop-after", str(args.stop_after)]
+    if args.quiet:
+        rest.append("--quiet")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "budgetlm",
+        *rest,
+    ]
+    return subprocess.call(command)
 
 
 def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -211,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint and stop after N steps of this session (resume later)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine through torchrun (docs/distributed.md)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -102,6 +102,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
     threads: int | None = None  # CPU threads for torch
+    parallel: str = "auto"  # with torchrun: auto (= ddp) | ddp | fsdp (docs/distributed.md)
     log_every: int = 10  # steps
     eval_every: float = 0.25  # fraction of the budget; 0 = only at the end
     eval_batches: int = 8
@@ -158,6 +159,7 @@ RESUME_SAFE = {
     "train.keep_checkpoints",
     "train.compile",
     "train.device",
+    "train.parallel",
 }
 
 
@@ -308,6 +310,7 @@ _CHOICES = {
     "train.precision": ("auto", "fp32", "bf16"),
     "data.tokenizer": ("bpe", "wordpiece", "unigram", "gpt2"),
     "data.objective": ("causal_lm", "mlm", "span_corruption"),
+    "train.parallel": ("auto", "ddp", "fsdp"),
 }
 
 

@@ -211,6 +211,12 @@ class Clock:
     def start_step(self) -> None:
         self._started_at = self.timer()
 
+    def step_seconds(self) -> float:
+        """Wall seconds since `start_step` (what `charge` would record)."""
+        if self._started_at is None:
+            raise RuntimeError("Clock.step_seconds without start_step")
+        return self.timer() - self._started_at
+
     def charge(self, work: Work, wall_seconds: float | None = None) -> None:
         """Add the step's costs in every known unit. Wall time defaults to the timer's reading."""
         if wall_seconds is None:

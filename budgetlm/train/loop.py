@@ -30,6 +30,7 @@ from budgetlm.methods.base import StepPlan
 from budgetlm.optim import set_lr
 from budgetlm.schedules import ScheduleSpec
 from budgetlm.train.checkpoint import prune_checkpoints
+from budgetlm.train.distributed import Dist, ddp_wrap, full_state_dicts
 from budgetlm.train.evaluate import heldout_loss
 from budgetlm.train.metrics import MetricsLog
 from budgetlm.train.state import TrainState
@@ -94,23 +95,32 @@ class Trainer:
     optimizer_name: str | None = None
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     log: MetricsLog | None = None
+    dist: Dist = field(default_factory=Dist)
     _last: dict[str, Any] = field(default_factory=dict)
     _compiled: tuple[Any, Any] | None = None
 
     def _forward(self) -> Callable[..., Any]:
-        """The model to call: compiled when asked, recompiled if a method replaced the model."""
+        """The model to call: DDP-wrapped under data parallelism, compiled when asked; wrapped
+        again when a method replaced the model or changed its parameters (stacking, growth)."""
         model = self.state.model
-        if not self.compile:
-            return model
-        if self._compiled is None or self._compiled[0] is not model:
-            self._compiled = (model, compile_model(model))
+        key = (id(model), tuple(id(p) for p in model.parameters()))
+        if self._compiled is None or self._compiled[0] != key:
+            wrapped = model
+            if self.dist.mode == "ddp":
+                wrapped = ddp_wrap(model, self.dist, find_unused=bool(self.state.methods))
+            if self.compile:
+                wrapped = compile_model(wrapped)
+            self._compiled = (key, wrapped)
         return self._compiled[1]
 
     # -- one step ---------------------------------------------------------------------------
     def _micro_batches(self, plan: StepPlan) -> list[dict[str, torch.Tensor]]:
+        """This rank's micro-batches: its contiguous share of the step's global batch."""
         size = plan.batch_size // plan.micro_batches
+        per_rank = plan.micro_batches // self.dist.world
+        first = self.dist.rank * per_rank
         out = []
-        for i in range(plan.micro_batches):
+        for i in range(first, first + per_rank):
             batch = self.stream.batch(plan.step, i * size, (i + 1) * size)
             for m in self.state.methods:
                 batch = m.before_batch(self.state, plan, batch)
@@ -123,17 +133,24 @@ class Trainer:
         model.train()
         state.optimizer.zero_grad(set_to_none=True)
         batches = self._micro_batches(plan)
-        # Token-weighted accumulation: the step's loss is the mean over all its target tokens.
+        # Token-weighted accumulation: the step's loss is the mean over all its target tokens,
+        # on every rank together (data parallelism averages gradients over ranks: x world).
         counts = [int((b["labels"] != -100).sum()) for b in batches]
-        total = max(1, sum(counts))
+        local = torch.tensor(float(sum(counts)), device=self.device)
+        total = max(1.0, float(self.dist.sum(local)))
+        scale = self.dist.world / total
         step_loss = torch.zeros((), device=self.device)
-        for batch, count in zip(batches, counts, strict=True):
-            with self.autocast():
-                out = forward(batch, active=plan.active)
-            for m in state.methods:
-                m.after_forward(state, batch, out)
-            (out.loss * (count / total)).backward()
+        for i, (batch, count) in enumerate(zip(batches, counts, strict=True)):
+            # DDP reduces gradients once, after the last micro-batch.
+            sync = self.dist.mode != "ddp" or i == len(batches) - 1
+            with contextlib.nullcontext() if sync else forward.no_sync():
+                with self.autocast():
+                    out = forward(batch, active=plan.active)
+                for m in state.methods:
+                    m.after_forward(state, batch, out)
+                (out.loss * (count * scale)).backward()
             step_loss += out.loss.detach().float() * (count / total)
+        step_loss = self.dist.sum(step_loss)
         grad_norm = None
         if self.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
@@ -174,8 +191,14 @@ class Trainer:
         return record
 
     def save(self) -> Path:
-        path = self.state.save(self.run_dir / "checkpoints", self.checkpoint_meta)
-        prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+        model_state = optimizer_state = None
+        if self.dist.mode == "fsdp":  # every rank takes part in gathering the full state
+            model_state, optimizer_state = full_state_dicts(self.state.model, self.state.optimizer)
+        path = self.run_dir / "checkpoints"
+        if self.dist.is_main:
+            path = self.state.save(path, self.checkpoint_meta, model_state, optimizer_state)
+            prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+        self.dist.barrier()
         return path
 
     # -- the loop -----------------------------------------------------------------------------
@@ -186,7 +209,7 @@ class Trainer:
         """
         state, clock, cfg = self.state, self.state.clock, self.cfg
         budget = clock.budget
-        micro = cfg.micro_batch_size or cfg.batch_size
+        micro = cfg.micro_batch_size or cfg.batch_size // self.dist.world
         for m in state.methods:
             m.on_start(state)
         if state.step == 0 and cfg.eval_every > 0:
@@ -200,7 +223,8 @@ class Trainer:
             total=100.0,
             initial=round(100 * clock.progress, 2),
             unit="%",
-            disable=None if cfg.progress_bar else True,  # None: off when not a terminal
+            # None: off when not a terminal; only rank 0 shows progress.
+            disable=None if cfg.progress_bar and self.dist.is_main else True,
             dynamic_ncols=True,
             bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]",
             desc=f"budget {budget}",
@@ -227,7 +251,16 @@ class Trainer:
                 loss, grad_norm = self._train_step(plan)
                 if sync:
                     torch.cuda.synchronize(self.device)
-                clock.charge(work)
+                if self.dist.active:
+                    # Ranks must agree on wall time (wall budgets) and on stopping.
+                    wall, stop = self.dist.max(
+                        [clock.step_seconds(), float(signals.requested)],
+                        self.device,
+                    )
+                    signals.requested = bool(stop)
+                    clock.charge(work, wall_seconds=wall)
+                else:
+                    clock.charge(work)
                 state.step += 1
                 steps_this_session += 1
                 for m in state.methods:
@@ -261,7 +294,7 @@ class Trainer:
                 if clock.progress >= next_eval or clock.done:
                     if cfg.eval_every > 0 or clock.done:
                         self._last.update(self._record("eval", **self.evaluate()))
-                        if cfg.progress_bar:
+                        if cfg.progress_bar and self.dist.is_main:
                             tqdm.write(
                                 f"step {state.step} p={clock.progress:.3f} "
                                 f"held-out loss {self._last['val_loss']:.4f} "
@@ -316,6 +349,6 @@ class Trainer:
                 unit: clock.spent.get(unit, 0.0) + uncharged.get(unit, 0.0)
                 for unit in {*clock.spent, *uncharged}
             }
-        if status == "finished":
+        if status == "finished" and self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

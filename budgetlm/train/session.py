@@ -34,6 +34,14 @@ from budgetlm.models import ModelShape, build_model, get_shape
 from budgetlm.optim.factory import optimizer_from_config, optimizer_module
 from budgetlm.schedules import make_schedule
 from budgetlm.train.checkpoint import CheckpointError, complete_checkpoints
+from budgetlm.train.distributed import (
+    Dist,
+    DistributedConfigError,
+    check_supported,
+    init_distributed,
+    load_full_optimizer_state,
+    shard_model,
+)
 from budgetlm.train.loop import Trainer
 from budgetlm.train.metadata import run_metadata
 from budgetlm.train.metrics import MetricsLog, truncate_after
@@ -138,8 +146,15 @@ def open_run(
     methods: Sequence[Method] = (),
     progress: bool = True,
 ) -> Trainer:
-    """Build the Trainer for `cfg`; `resume` is None, 'auto' or a checkpoint directory."""
+    """Build the Trainer for `cfg`; `resume` is None, 'auto' or a checkpoint directory.
+
+    Under torchrun every rank calls this; rank 0 alone writes into the run directory."""
     device = resolve_device(cfg.train.device)
+    dist = init_distributed(cfg.train.parallel, device.type)
+    if dist.active and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    _check_parallel(cfg, dist)
     autocast = autocast_for(cfg.train.precision, device)
     budget = Budget.parse(cfg.budget)
     run_dir = default_run_dir(cfg)
@@ -152,7 +167,12 @@ def open_run(
             "(or run.dir) for a new one"
         )
 
-    data = resolve_data(cfg, progress=progress and cfg.train.progress_bar)
+    # Rank 0 prepares (tokenizes, writes shards) first; the others then read its cache.
+    if not dist.is_main:
+        dist.barrier()
+    data = resolve_data(cfg, progress=progress and cfg.train.progress_bar and dist.is_main)
+    if dist.is_main:
+        dist.barrier()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if device.type == "cuda":
@@ -169,6 +189,14 @@ def open_run(
     # A run whose model grew resumes at the grown shape; its checkpoint records it.
     shape = _checkpoint_shape(checkpoint) or data.shape
     model = build_model(shape).to(device)
+    if dist.mode == "fsdp":
+        # Sharding comes before the optimizer (it must see the sharded parameters), so a
+        # resumed run loads its full weights first.
+        if checkpoint is not None:
+            from budgetlm.train.checkpoint import load_checkpoint
+
+            model.load_state_dict(load_checkpoint(checkpoint)["model"])
+        shard_model(model)
     try:
         optimizer = optimizer_from_config(cfg.optim, model, device)
     except ValueError as e:
@@ -194,10 +222,21 @@ def open_run(
         "dataset_key": data.dataset.meta.get("key"),
         "rst_table": rst_table.hash if rst_cost else None,
     }
+    if dist.mode == "fsdp":
+        checkpoint_meta["optimizer_format"] = "fqn"
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
-        saved = state.load(checkpoint)
+        saved = state.load(
+            checkpoint,
+            model_loaded=dist.mode == "fsdp",
+            load_optimizer=(
+                (lambda sd: load_full_optimizer_state(model, optimizer, sd))
+                if dist.mode == "fsdp"
+                else None
+            ),
+        )
         if saved.get("dataset_key") != checkpoint_meta["dataset_key"]:
             raise CheckpointError(
                 f"{checkpoint} was trained on dataset {saved.get('dataset_key')}, "
@@ -212,11 +251,14 @@ def open_run(
                 f"prices with {checkpoint_meta['rst_table']}; resuming would mix two clocks. "
                 "Set rst.allow_table_change=true to continue anyway"
             )
-        truncate_after(run_dir / "metrics.jsonl", state.step)
-    else:  # a first attempt that died before its first checkpoint leaves nothing to keep
+        if dist.is_main:
+            truncate_after(run_dir / "metrics.jsonl", state.step)
+    elif dist.is_main:  # a first attempt that died before its first checkpoint leaves nothing
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    _append_metadata(run_dir, device, data, model.shape, resumed_from=checkpoint)
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        _append_metadata(run_dir, device, data, model.shape, resumed_from=checkpoint, dist=dist)
+    dist.barrier()
 
     stream = BatchStream(
         data.dataset.tokens("train"), data.objective, cfg.train.batch_size, seed=cfg.run.seed
@@ -232,8 +274,12 @@ def open_run(
     # One list: warnings raised later (pricing a grown shape) land in the checkpointed state.
     rst_warnings[:] = list(dict.fromkeys([*state.info.get("warnings", []), *rst_warnings]))
     state.info["warnings"] = rst_warnings
-    log = MetricsLog(
-        run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None
+    log = (
+        MetricsLog(
+            run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.train.tensorboard else None
+        )
+        if dist.is_main
+        else None
     )
     return Trainer(
         state=state,
@@ -250,7 +296,25 @@ def open_run(
         optimizer_name=cfg.optim.name,
         autocast=autocast,
         log=log,
+        dist=dist,
     )
+
+
+def _check_parallel(cfg: Config, dist: Dist) -> None:
+    from budgetlm.methods import parse_method_spec
+
+    try:
+        check_supported(dist, parse_method_spec(cfg.method), cfg.optim.name, cfg.train.batch_size)
+    except DistributedConfigError as e:
+        raise ConfigError(str(e)) from e
+    if dist.active:
+        local = cfg.train.batch_size // dist.world
+        micro = cfg.train.micro_batch_size or local
+        if local % micro:
+            raise ConfigError(
+                f"train.micro_batch_size {micro} must divide the per-rank batch {local} "
+                f"(train.batch_size {cfg.train.batch_size} over {dist.world} ranks)"
+            )
 
 
 def _rst_pricing(
@@ -328,11 +392,13 @@ def _append_metadata(
     data: DataBundle,
     shape: ModelShape,
     resumed_from: Path | None,
+    dist: Dist | None = None,
 ) -> None:
     path = run_dir / "meta.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
     entry = run_metadata(device)
     entry["resumed_from"] = str(resumed_from) if resumed_from else None
+    entry["parallel"] = {"mode": dist.mode, "world": dist.world} if dist else None
     meta["attempts"].append(entry)
     meta["dataset"] = {"path": str(data.dataset.path), **data.dataset.meta}
     meta["shape"] = dataclasses.asdict(shape)  # as built: a grown run resumes grown

@@ -54,11 +54,19 @@ class TrainState:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
-    def parts(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint content, one entry per file pair."""
+    def parts(
+        self,
+        meta: dict[str, Any],
+        model_state: dict[str, Any] | None = None,
+        optimizer_state: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The checkpoint content, one entry per file pair. A sharded (FSDP) run passes the
+        full states it gathered; they are keyed by parameter name (see `load`)."""
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict() if model_state is None else model_state,
+            "optimizer": self.optimizer.state_dict()
+            if optimizer_state is None
+            else optimizer_state,
             "trainer": {
                 "step": self.step,
                 "shape": dataclasses.asdict(self.model.shape),
@@ -70,17 +78,41 @@ class TrainState:
             "methods": {m.name: m.state_dict() for m in self.methods},
         }
 
-    def save(self, directory: Path, meta: dict[str, Any]) -> Path:
-        return save_checkpoint(directory, self.step, self.parts(meta))
+    def save(
+        self,
+        directory: Path,
+        meta: dict[str, Any],
+        model_state: dict[str, Any] | None = None,
+        optimizer_state: dict[str, Any] | None = None,
+    ) -> Path:
+        return save_checkpoint(directory, self.step, self.parts(meta, model_state, optimizer_state))
 
-    def load(self, path: Path) -> dict[str, Any]:
-        """Restore from a checkpoint directory; return the metadata it was saved with."""
+    def load(
+        self,
+        path: Path,
+        model_loaded: bool = False,
+        load_optimizer: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Restore from a checkpoint directory; return the metadata it was saved with.
+
+        A sharded run loads the model weights itself before sharding (`model_loaded`) and its
+        optimizer state through `load_optimizer` (full, parameter-name-keyed state)."""
         parts = load_checkpoint(path)
         missing = {"model", "optimizer", "trainer", "rng", "methods"} - set(parts)
         if missing:
             raise CheckpointError(f"{path}: missing parts {sorted(missing)}")
-        self.model.load_state_dict(parts["model"])
-        self.optimizer.load_state_dict(parts["optimizer"])
+        fqn_keyed = parts["trainer"]["meta"].get("optimizer_format") == "fqn"
+        if fqn_keyed != (load_optimizer is not None):
+            raise CheckpointError(
+                f"{path}: saved by a {'sharded (fsdp)' if fqn_keyed else 'non-sharded'} run; "
+                "resume it with the same train.parallel"
+            )
+        if not model_loaded:
+            self.model.load_state_dict(parts["model"])
+        if load_optimizer is not None:
+            load_optimizer(parts["optimizer"])
+        else:
+            self.optimizer.load_state_dict(parts["optimizer"])
         trainer = parts["trainer"]
         self.step = int(trainer["step"])
         self.clock.load_state_dict(trainer["clock"])

@@ -1,0 +1,162 @@
+"""Data-parallel training through torchrun on CPU (gloo, 2 processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from budgetlm.config import dump_yaml
+from budgetlm.train.checkpoint import complete_checkpoints, load_checkpoint
+from budgetlm.train.distributed import Dist, DistributedConfigError, check_supported
+
+from .helpers import tiny_config
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, run_dir: Path, *overrides: str) -> Path:
+    cfg = tiny_config(
+        "gpt",
+        run_dir,
+        "budget=8steps",
+        "train.log_every=1",
+        "train.eval_every=0.5",
+        "train.checkpoint_every=0.5",
+        "train.threads=1",
+        *overrides,
+    )
+    path.write_text(dump_yaml(cfg))
+    return path
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["event"] == "train"]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(complete_checkpoints(run_dir / "checkpoints")[-1])["model"]
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory) -> Path:
+    """The reference: the same config on one process (global batch 8)."""
+    tmp = tmp_path_factory.mktemp("one")
+    config = write_config(tmp / "cfg.yaml", tmp / "run")
+    torchrun(1, "-m", "budgetlm", "train", str(config), "--quiet")
+    return tmp / "run"
+
+
+def test_two_ddp_ranks_match_one_rank(one_rank, tmp_path):
+    config = write_config(tmp_path / "cfg.yaml", tmp_path / "run")
+    torchrun(2, "-m", "budgetlm", "train", str(config), "--quiet")  # 4 sequences per rank
+    assert train_losses(tmp_path / "run") == pytest.approx(train_losses(one_rank), rel=1e-5)
+    ours, reference = final_weights(tmp_path / "run"), final_weights(one_rank)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=1e-4, atol=1e-5)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["attempts"][0]["parallel"] == {"mode": "ddp", "world": 2}
+
+
+def test_ddp_checkpoint_resumes_on_one_rank(one_rank, tmp_path):
+    config = write_config(tmp_path / "cfg.yaml", tmp_path / "run")
+    torchrun(2, "-m", "budgetlm", "train", str(config), "--quiet", "--stop-after", "3")
+    assert not (tmp_path / "run" / "summary.json").exists()
+    torchrun(1, "-m", "budgetlm", "train", str(config), "--quiet", "--resume", "auto")
+    assert train_losses(tmp_path / "run") == pytest.approx(train_losses(one_rank), rel=1e-5)
+
+
+def test_fsdp2_trains_checkpoints_and_resumes(one_rank, tmp_path):
+    config = write_config(tmp_path / "cfg.yaml", tmp_path / "run", "train.parallel=fsdp")
+    torchrun(2, "-m", "budgetlm", "train", str(config), "--quiet", "--stop-after", "3")
+    checkpoint = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert json.loads((checkpoint / "trainer.json").read_text())  # a full, consolidated state
+    torchrun(2, "-m", "budgetlm", "train", str(config), "--quiet", "--resume", "auto")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 8
+    assert train_losses(tmp_path / "run") == pytest.approx(train_losses(one_rank), rel=1e-5)
+
+
+def test_layer_drop_and_the_stop_step_are_identical_on_every_rank(tmp_path):
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        tmp_path / "run",
+        "method=layer_drop",
+        "model.n_layers=4",
+        "budget=3s",  # wall clock: each rank measures its own time; they must still agree
+        "train.checkpoint_every=0",
+        "train.eval_every=0",
+    )
+    torchrun(2, str(WORKER), str(config), str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["status"] == ranks[1]["status"] == "finished"
+    assert ranks[0]["steps"] == ranks[1]["steps"] > 2
+    assert ranks[0]["spent"] == ranks[1]["spent"]  # every unit, wall seconds included
+    assert ranks[0]["active"] == ranks[1]["active"]
+    dropped = [a for a in ranks[0]["active"].values() if a and len(a["decoder"]) < 4]
+    assert dropped, "layer drop never dropped a layer: the comparison would prove nothing"
+
+
+def test_what_is_not_supported_is_refused():
+    two = Dist(rank=0, world=2, mode="ddp")
+    with pytest.raises(DistributedConfigError, match="selective_backprop"):
+        check_supported(two, ["selective_backprop"], "adamw", 8)
+    with pytest.raises(DistributedConfigError, match="sophia"):
+        check_supported(two, [], "sophia", 8)
+    with pytest.raises(DistributedConfigError, match="not divisible"):
+        check_supported(two, [], "adamw", 7)
+    fsdp = Dist(rank=0, world=2, mode="fsdp")
+    with pytest.raises(DistributedConfigError, match="muon"):
+        check_supported(fsdp, [], "muon", 8)
+    check_supported(Dist(), ["selective_backprop"], "sophia", 7)  # one process: anything goes
+    check_supported(two, ["layer_drop", "layer_stacking"], "lion", 8)
+
+
+def test_nproc_launches_torchrun_with_the_other_arguments(monkeypatch):
+    from budgetlm import cli
+
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    cli.main(["train", "cfg.yaml", "optim.lr=1e-3", "--nproc", "2", "--quiet"])
+    cmd = seen["cmd"]
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5:] == ["-m", "budgetlm", "train", "cfg.yaml", "optim.lr=1e-3", "--quiet"]
+
+
+def test_layer_stacking_rewraps_ddp_when_the_model_grows(tmp_path):
+    """Stacking adds blocks mid-run: DDP is rebuilt around the new parameters and the two ranks
+    still match one rank step for step."""
+    stacking = ("method=layer_stacking", "model.n_layers=4", "budget=12steps")
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        out.mkdir()
+        config = write_config(out / "cfg.yaml", out / "run", *stacking)
+        torchrun(nproc, "-m", "budgetlm", "train", str(config), "--quiet")
+        runs[nproc] = out / "run"
+    assert len(final_weights(runs[2])) == len(final_weights(runs[1]))
+    assert train_losses(runs[2]) == pytest.approx(train_losses(runs[1]), rel=1e-5)
+    summary = json.loads((runs[2] / "summary.json").read_text())
+    assert summary["methods"]["layer_stacking"]["stage"] == 2  # it stacked twice, 1 -> 2 -> 4
