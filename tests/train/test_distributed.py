@@ -123,13 +123,14 @@ def test_what_is_not_supported_is_refused():
     two = Dist(rank=0, world=2, mode="ddp")
     with pytest.raises(DistributedConfigError, match="selective_backprop"):
         check_supported(two, ["selective_backprop"], "adamw", 8)
-    with pytest.raises(DistributedConfigError, match="sophia"):
-        check_supported(two, [], "sophia", 8)
+    check_supported(two, [], "sophia", 8)  # DDP: every rank computes the same Hessian
     with pytest.raises(DistributedConfigError, match="not divisible"):
         check_supported(two, [], "adamw", 7)
     fsdp = Dist(rank=0, world=2, mode="fsdp")
     with pytest.raises(DistributedConfigError, match="muon"):
         check_supported(fsdp, [], "muon", 8)
+    with pytest.raises(DistributedConfigError, match="sophia"):
+        check_supported(fsdp, [], "sophia", 8)
     check_supported(Dist(), ["selective_backprop"], "sophia", 7)  # one process: anything goes
     check_supported(two, ["layer_drop", "layer_stacking"], "lion", 8)
 
@@ -160,3 +161,18 @@ def test_layer_stacking_rewraps_ddp_when_the_model_grows(tmp_path):
     assert train_losses(runs[2]) == pytest.approx(train_losses(runs[1]), rel=1e-5)
     summary = json.loads((runs[2] / "summary.json").read_text())
     assert summary["methods"]["layer_stacking"]["stage"] == 2  # it stacked twice, 1 -> 2 -> 4
+
+
+def test_sophia_on_two_ddp_ranks_matches_one_rank(tmp_path):
+    """Each rank estimates the Hessian on the same examples: no divergence between ranks."""
+    sophia = ("optim.name=sophia", "optim.lr=1e-3", "optim.options.hessian_interval=2")
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        out.mkdir()
+        config = write_config(out / "cfg.yaml", out / "run", *sophia)
+        torchrun(nproc, "-m", "budgetlm", "train", str(config), "--quiet")
+        runs[nproc] = out / "run"
+    assert train_losses(runs[2]) == pytest.approx(train_losses(runs[1]), rel=1e-5)
+    summary = json.loads((runs[2] / "summary.json").read_text())
+    assert summary["methods"]["sophia_hessian"]["hessian_refreshes"] == 4
