@@ -215,20 +215,26 @@ def build_report(out_dir: str | Path) -> Report:
     return report
 
 
-def _judge(exp: Experiment, row: list[ArmResult]) -> None:
-    base = next(r for r in row if r.arm == exp.baseline)
-    data = {r.arm: r.losses for r in row if r.losses}
-    if not base.losses:
-        return
-    comparisons = stats.compare_arms(
+def _against_baseline(
+    exp: Experiment, data: dict[str, list[float]], lower_is_better: bool = True
+) -> dict[str, stats.Comparison]:
+    """Every arm with results against the baseline, by the experiment's statistics settings."""
+    if exp.baseline not in data:
+        return {}
+    found = stats.compare_arms(
         data,
         exp.baseline,
         test=exp.stats.test,
         confidence=exp.stats.confidence,
         alpha=exp.stats.alpha,
         correction=exp.stats.correction,
+        lower_is_better=lower_is_better,
     )
-    by_arm = {c.arm: c for c in comparisons}
+    return {c.arm: c for c in found}
+
+
+def _judge(exp: Experiment, row: list[ArmResult]) -> None:
+    by_arm = _against_baseline(exp, {r.arm: r.losses for r in row if r.losses})
     for r in row:
         r.comparison = by_arm.get(r.arm)
 
@@ -242,18 +248,7 @@ def _downstream(exp: Experiment, row: list[ArmResult]) -> list[Downstream]:
     out = []
     for suite, example in sorted(suites.items()):
         data = {r.arm: r.downstream(suite) for r in row if r.downstream(suite)}
-        comparisons = {}
-        if exp.baseline in data:
-            found = stats.compare_arms(
-                data,
-                exp.baseline,
-                test=exp.stats.test,
-                confidence=exp.stats.confidence,
-                alpha=exp.stats.alpha,
-                correction=exp.stats.correction,
-                lower_is_better=False,
-            )
-            comparisons = {c.arm: c for c in found}
+        comparisons = _against_baseline(exp, data, lower_is_better=False)
         out.append(Downstream(suite, list(example["tasks"]), comparisons, example["protocol"]))
     return out
 

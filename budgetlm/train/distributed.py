@@ -74,6 +74,12 @@ class Dist:
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return t.tolist()
 
+    def total(self, value: float, device: torch.device) -> float:
+        """The sum of a number over ranks (no tensor at all for a single process)."""
+        if not self.active:
+            return value
+        return float(self.sum(torch.tensor(value, dtype=torch.float64, device=device)))
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.active:
             value = value.clone()

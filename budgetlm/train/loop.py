@@ -136,8 +136,7 @@ class Trainer:
         # Token-weighted accumulation: the step's loss is the mean over all its target tokens,
         # on every rank together (data parallelism averages gradients over ranks: x world).
         counts = [int((b["labels"] != -100).sum()) for b in batches]
-        local = torch.tensor(float(sum(counts)), device=self.device)
-        total = max(1.0, float(self.dist.sum(local)))
+        total = max(1.0, self.dist.total(float(sum(counts)), self.device))
         scale = self.dist.world / total
         step_loss = torch.zeros((), device=self.device)
         for i, (batch, count) in enumerate(zip(batches, counts, strict=True)):
