@@ -220,9 +220,7 @@ class Clock:
     def charge(self, work: Work, wall_seconds: float | None = None) -> None:
         """Add the step's costs in every known unit. Wall time defaults to the timer's reading."""
         if wall_seconds is None:
-            if self._started_at is None:
-                raise RuntimeError("Clock.charge without start_step and without wall_seconds")
-            wall_seconds = self.timer() - self._started_at
+            wall_seconds = self.step_seconds()
         self._started_at = None
         for unit, cost in self._costs.items():
             parts = getattr(cost, "parts", None)

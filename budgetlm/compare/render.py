@@ -7,13 +7,13 @@ import math
 from typing import Any
 
 from budgetlm.budget.clock import Budget
-from budgetlm.compare import stats
 from budgetlm.compare.report import (
     PURPOSES,
     ArmResult,
     Downstream,
     Report,
     curve_unit,
+    downstream_table,
     seed_band,
     summary_rows,
 )
@@ -113,34 +113,23 @@ def downstream_header(d: Downstream) -> list[str]:
 
 def downstream_rows(report: Report, budget: str, d: Downstream) -> list[list[str]]:
     rows = []
-    for r in report.results[budget]:
-        values = r.downstream(d.suite)
-        if not values:
-            continue
-        mean, std = stats.mean_std(values)
-        c = d.comparisons.get(r.arm)
-        diff = "–"
+    for row in downstream_table(report, budget, d):
+        c, diff = row.comparison, "–"
         if c is not None:
             ci = "" if math.isnan(c.ci_low) else f" [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
             diff = f"{c.diff:+.4f}{ci}"
-        verdict = "baseline" if r.arm == report.exp.baseline else (c.verdict if c else "–")
-        tasks = [fmt(_mean(r.downstream(d.suite, t))) for t in d.tasks]
         rows.append(
             [
-                r.arm,
-                str(len(values)),
-                f"{mean:.4f} ± {std:.4f}",
+                row.arm,
+                str(row.n),
+                f"{row.mean:.4f} ± {row.std:.4f}",
                 diff,
                 fmt_p(c.p_adjusted if c else None),
-                verdict,
-                *tasks,
+                row.verdict or "–",
+                *(fmt(v) for v in row.task_means.values()),
             ]
         )
     return rows
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def downstream_note(d: Downstream) -> str:

@@ -390,6 +390,37 @@ DOWNSTREAM_COLUMNS = (
 )
 
 
+@dataclass
+class DownstreamRow:
+    """One arm's fine-tuning scores at one budget on one suite, over its pre-training seeds."""
+
+    arm: str
+    n: int
+    mean: float
+    std: float
+    comparison: stats.Comparison | None
+    verdict: str | None
+    task_means: dict[str, float | None]
+
+
+def downstream_table(report: Report, budget: str, d: Downstream) -> list[DownstreamRow]:
+    """The rows both the page and downstream.csv show (arms without scores are left out)."""
+    rows = []
+    for r in report.results[budget]:
+        values = r.downstream(d.suite)
+        if not values:
+            continue
+        mean, std = stats.mean_std(values)
+        c = d.comparisons.get(r.arm)
+        verdict = "baseline" if r.arm == report.exp.baseline else (c.verdict if c else None)
+        task_means = {}
+        for task in d.tasks:
+            scores = r.downstream(d.suite, task)
+            task_means[task] = sum(scores) / len(scores) if scores else None
+        rows.append(DownstreamRow(r.arm, len(values), mean, std, c, verdict, task_means))
+    return rows
+
+
 def _write_downstream_csv(report: Report, path: Path) -> None:
     """One row per (budget, suite, arm, task): the arm's statistics repeat on its task rows."""
     with open(path, "w", newline="") as f:
@@ -397,31 +428,24 @@ def _write_downstream_csv(report: Report, path: Path) -> None:
         writer.writeheader()
         for budget, suites in report.downstream.items():
             for d in suites:
-                for r in report.results[budget]:
-                    values = r.downstream(d.suite)
-                    if not values:
-                        continue
-                    mean, std = stats.mean_std(values)
-                    c = d.comparisons.get(r.arm)
-                    for task in d.tasks:
-                        task_values = r.downstream(d.suite, task)
+                for row in downstream_table(report, budget, d):
+                    c = row.comparison
+                    for task, task_mean in row.task_means.items():
                         writer.writerow(
                             {
                                 "budget": budget,
                                 "suite": d.suite,
-                                "arm": r.arm,
-                                "n": len(values),
-                                "average_mean": _csv_value(mean),
-                                "average_std": _csv_value(std),
+                                "arm": row.arm,
+                                "n": row.n,
+                                "average_mean": _csv_value(row.mean),
+                                "average_std": _csv_value(row.std),
                                 "diff_vs_baseline": _csv_value(c.diff if c else None),
                                 "ci_low": _csv_value(c.ci_low if c else None),
                                 "ci_high": _csv_value(c.ci_high if c else None),
                                 "p_adjusted": _csv_value(c.p_adjusted if c else None),
-                                "verdict": c.verdict if c else "baseline",
+                                "verdict": row.verdict or "",
                                 "task": task,
-                                "task_mean": _csv_value(
-                                    sum(task_values) / len(task_values) if task_values else None
-                                ),
+                                "task_mean": _csv_value(task_mean),
                             }
                         )
 

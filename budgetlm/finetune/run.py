@@ -25,22 +25,10 @@ from budgetlm.finetune.tasks import TaskError
 
 def load_backbone(run_dir: Path) -> tuple[nn.Module, Any]:
     """The newest complete checkpoint's model of a run, and the run's tokenizer."""
-    from budgetlm.config import load_config
-    from budgetlm.models import build_model
-    from budgetlm.train.checkpoint import CheckpointError, complete_checkpoints, load_checkpoint
-    from budgetlm.train.session import _checkpoint_shape, resolve_data
+    from budgetlm.train.session import load_run_model
 
-    if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    found = complete_checkpoints(run_dir / "checkpoints")
-    if not found:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint to fine-tune")
-    cfg = load_config(run_dir / "config.yaml")
-    data = resolve_data(cfg, progress=False)
-    shape = _checkpoint_shape(found[-1]) or data.shape
-    model = build_model(shape)
-    model.load_state_dict(load_checkpoint(found[-1])["model"])
-    return model, data.dataset.tokenizer
+    run = load_run_model(Path(run_dir))
+    return run.model, run.data.dataset.tokenizer
 
 
 def _summarise(results: list[TaskResult]) -> dict[str, Any]:

@@ -419,34 +419,56 @@ def finished_summary(cfg: Config) -> dict[str, Any] | None:
     return None
 
 
-def evaluate_checkpoint(
-    path: Path, *, batches: int | None = None, split: str = "val"
-) -> dict[str, Any]:
-    """Held-out loss of a checkpoint (or a run directory's newest one) on its run's data."""
+@dataclass
+class LoadedRun:
+    """A run's model restored from one of its checkpoints, with the run's config and data."""
+
+    cfg: Config
+    data: DataBundle
+    model: torch.nn.Module
+    checkpoint: Path
+
+
+def load_run_model(path: Path, device: torch.device | None = None) -> LoadedRun:
+    """The model of a run directory's newest checkpoint (or of a given checkpoint inside a run),
+    at the shape it was saved with: a run whose model grew is restored grown."""
     from budgetlm.config import load_config
     from budgetlm.train.checkpoint import load_checkpoint
-    from budgetlm.train.evaluate import heldout_loss
 
     if (path / "checkpoints").is_dir():
         found = complete_checkpoints(path / "checkpoints")
         if not found:
-            raise CheckpointError(f"{path}: no complete checkpoint to evaluate")
+            raise CheckpointError(f"{path}: no complete checkpoint")
         run_dir, checkpoint = path, found[-1]
     else:
         run_dir, checkpoint = path.parent.parent, path
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{path}: not a run directory or a checkpoint inside one")
     cfg = load_config(run_dir / "config.yaml")
-    device = resolve_device(cfg.train.device)
     data = resolve_data(cfg, progress=False)
-    model = build_model(data.shape).to(device)
+    model = build_model(_checkpoint_shape(checkpoint) or data.shape)
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    if device is not None:
+        model = model.to(device)
+    return LoadedRun(cfg, data, model, checkpoint)
+
+
+def evaluate_checkpoint(
+    path: Path, *, batches: int | None = None, split: str = "val"
+) -> dict[str, Any]:
+    """Held-out loss of a checkpoint (or a run directory's newest one) on its run's data."""
+    from budgetlm.train.evaluate import heldout_loss
+
+    run = load_run_model(path)
+    cfg = run.cfg
+    device = resolve_device(cfg.train.device)
+    model = run.model.to(device)
     held = eval_batches(
-        data.dataset.tokens(split),
-        data.objective,
+        run.data.dataset.tokens(split),
+        run.data.objective,
         cfg.train.eval_batch_size or cfg.train.micro_batch_size or cfg.train.batch_size,
         batches or cfg.train.eval_batches,
         seed=cfg.train.eval_seed,
     )
     metrics = heldout_loss(model, held, device, autocast_for(cfg.train.precision, device)())
-    return {"checkpoint": str(checkpoint), "split": split, **metrics}
+    return {"checkpoint": str(run.checkpoint), "split": split, **metrics}

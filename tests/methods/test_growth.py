@@ -304,7 +304,7 @@ def test_grow_command_grows_a_checkpoint_that_resumes(tmp_path, capsys):
     assert ns.func(ns) == 0
     assert "continue with: budgetlm train" in capsys.readouterr().out
     before = evaluate_checkpoint(tmp_path / "run")["val_loss"]
-    after = evaluate_checkpoint_grown(out)
+    after = evaluate_checkpoint(out)["val_loss"]  # built at the grown shape it records
     assert abs(after - before) < 1e-5
     # The grown run resumes at the grown shape and finishes the same budget.
     from budgetlm.config import load_config
@@ -314,29 +314,6 @@ def test_grow_command_grows_a_checkpoint_that_resumes(tmp_path, capsys):
     assert trainer.state.model.shape.d_model == 2 * cfg.model.d_model
     with pytest.raises(SystemExit):
         parser.parse_args(["grow", str(out), "--width", "2", "--depth", "2"])
-
-
-def evaluate_checkpoint_grown(run_dir):
-    """Held-out loss of a grown run's checkpoint, built at the shape it records."""
-    from budgetlm.config import load_config
-    from budgetlm.data import eval_batches
-    from budgetlm.models import ModelShape, build_model
-    from budgetlm.train.checkpoint import complete_checkpoints, load_checkpoint
-    from budgetlm.train.session import resolve_data
-
-    cfg = load_config(run_dir / "config.yaml")
-    parts = load_checkpoint(complete_checkpoints(run_dir / "checkpoints")[-1])
-    model = build_model(ModelShape(**parts["trainer"]["shape"]))
-    model.load_state_dict(parts["model"])
-    data = resolve_data(cfg, progress=False)
-    batches = eval_batches(
-        data.dataset.tokens("val"),
-        data.objective,
-        cfg.train.batch_size,
-        cfg.train.eval_batches,
-        seed=cfg.train.eval_seed,
-    )
-    return heldout_loss(model, batches, CPU)["val_loss"]
 
 
 def test_build_grown_optimizer_installs_the_transformed_state():
