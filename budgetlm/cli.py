@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -164,6 +165,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     table = None
+    refused: list[str] = []
     if out.is_file():
         table = CostTable.load(out)
     for config in args.configs:
@@ -185,14 +187,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"{out} was measured on {table.machine}, this machine is {machine}: "
                 "one table describes one reference machine; write a new file"
             )
-        table.add(entry)  # fits and checks; refuses a bad entry with the offending points
+        try:
+            table.add(entry)  # fits and checks; refuses a bad entry with the offending points
+        except TableError as e:
+            # Keep the measurements (minutes of a reference machine) for a look or a re-check
+            # at another --tolerance; the other configs are still measured.
+            kept = out.with_name(f"{out.stem}.refused-{len(refused) + 1}.json")
+            kept.write_text(json.dumps(dataclasses.asdict(entry), indent=1) + "\n")
+            print(f"{e}\n  measurements kept in {kept}", file=sys.stderr)
+            refused.append(entry.label)
+            continue
         worst = max(abs(r) for rs in entry.residuals.values() for r in rs)
         print(
             f"{entry.label}: {len(entry.points)} points, worst fit residual {worst:.1%}, "
             f"optimizer step {entry.optimizer_seconds}"
         )
-    table.save(out)
-    print(f"wrote {out} ({len(table.entries)} shapes, hash {table.hash[:12]})")
+    if table is not None and table.entries:
+        table.save(out)
+        print(f"wrote {out} ({len(table.entries)} shapes, hash {table.hash[:12]})")
+    if refused:
+        print(f"refused: {', '.join(refused)}", file=sys.stderr)
+        return 1
     return 0
 
 

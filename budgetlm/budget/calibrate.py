@@ -273,7 +273,9 @@ def calibrate_config(
     entry.loop_overhead = measure_loop_overhead(cfg, entry)
     machine = machine_description(device)
     machine["dtype"] = "bf16" if device.type == "cuda" and cfg.train.precision != "fp32" else "fp32"
-    machine["compile"] = bool(cfg.train.compile)
+    # Passes are timed eager: compiling every (batch size, active depth) point of the grid would
+    # take longer than measuring it. A run with train.compile=true is charged these eager costs.
+    machine["compile"] = False
     return entry, machine
 
 
@@ -299,7 +301,12 @@ def measure_loop_overhead(cfg: Any, entry: ShapeCosts, steps: int = 24) -> float
             methods={},
             run=dataclasses.replace(cfg.run, dir=str(Path(tmp) / "run")),
             train=dataclasses.replace(
-                cfg.train, eval_every=0.0, checkpoint_every=0.0, log_every=1, progress_bar=False
+                cfg.train,
+                eval_every=0.0,
+                checkpoint_every=0.0,
+                log_every=1,
+                progress_bar=False,
+                compile=False,  # the passes were timed eager; so is the loop around them
             ),
         )
         trainer = open_run(run_cfg, progress=False)

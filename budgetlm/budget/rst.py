@@ -33,6 +33,10 @@ import numpy as np
 from budgetlm.budget.clock import Pass, Work
 
 TABLE_VERSION = 1
+# The cost model fitted to a table's points. It is part of the table's hash: the same
+# measurements priced by another model are another reference, and a run started under one is not
+# resumed under the other. 1: a + b·B + Σ c_s·B·L_s; 2: + Σ d_s·L_s, every term >= 0.
+COST_MODEL = 2
 PHASES = ("train", "forward")
 DEFAULT_TABLE = "cpu-reference"
 
@@ -48,7 +52,32 @@ def shape_key(shape: Any) -> str:
 
 
 def _features(batch_size: int, active: dict[str, int], stacks: list[str]) -> list[float]:
-    return [1.0, float(batch_size)] + [float(batch_size * active[s]) for s in stacks]
+    """[1, B, B·L_s..., L_s...]: fixed, per-sequence, per-sequence-layer and per-layer costs.
+
+    The per-layer term is what a layer costs whatever the batch (kernel launches, reading its
+    weights): small on a CPU, dominant for a small eager micro-batch on a GPU.
+    """
+    per_token = [float(batch_size * active[s]) for s in stacks]
+    return [1.0, float(batch_size), *per_token, *(float(active[s]) for s in stacks)]
+
+
+def _fit_nonnegative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Relative least squares with every coefficient kept >= 0.
+
+    Every point counts alike, small passes as much as big ones. No cost term can be negative: a
+    negative fixed cost prices small passes below zero, a negative per-layer or per-sequence cost
+    makes more work cheaper somewhere; curvature and noise in the measurements show up as such
+    terms. The most negative one is pinned to 0 and the rest refitted, until none is left.
+    """
+    free = list(range(x.shape[1]))
+    while True:
+        coef = np.zeros(x.shape[1])
+        sol, *_ = np.linalg.lstsq(x[:, free] / y[:, None], np.ones_like(y), rcond=None)
+        coef[free] = sol
+        negative = [i for i in free if coef[i] < 0]
+        if not negative:
+            return coef
+        free.remove(min(negative, key=lambda i: coef[i]))
 
 
 @dataclass
@@ -91,22 +120,20 @@ class ShapeCosts:
         return shape_key(self.shape)
 
     def refit(self) -> None:
+        n = len(self.stacks)
         for phase in PHASES:
             pts = [p for p in self.points if p.phase == phase]
-            if len(pts) < 2 + len(self.stacks):
+            if len(pts) < 2 + n:
                 raise TableError(
                     f"{self.label}: {len(pts)} {phase} points cannot fit "
-                    f"{2 + len(self.stacks)} coefficients; calibrate more batch sizes and depths"
+                    f"{2 + n} coefficients; calibrate more batch sizes and depths"
                 )
             x = np.array([_features(p.batch_size, p.active, self.stacks) for p in pts])
             y = np.array([p.seconds for p in pts])
-            # Relative least squares: every point counts alike, small passes as much as big ones.
-            coef, *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
-            if coef[0] < 0:
-                # A fixed cost cannot be negative (it would price small passes below zero);
-                # curvature in the measurements shows up as one. Fit without it instead.
-                rest, *_ = np.linalg.lstsq(x[:, 1:] / y[:, None], np.ones_like(y), rcond=None)
-                coef = np.concatenate([[0.0], rest])
+            if len({p.batch_size for p in pts}) < 2 or len(pts) < 2 + 2 * n:
+                # One batch size cannot tell a layer's fixed cost from its per-sequence cost.
+                x[:, 2 + n :] = 0.0
+            coef = _fit_nonnegative(x, y)
             self.fit[phase] = [float(c) for c in coef]
             self.residuals[phase] = [float(r) for r in (x @ coef - y) / y]
         for name, opt_points in self.optimizer_points.items():
@@ -140,14 +167,17 @@ class ShapeCosts:
                 problems.append(f"{p.label()}: non-positive cost {p.seconds}")
         for phase in PHASES:
             coef = self.fit[phase]
-            if coef[1] <= 0 and all(c <= 0 for c in coef[2:]):
+            if coef[1] <= 0 and all(c <= 0 for c in coef[2 : 2 + len(self.stacks)]):
                 problems.append(f"{phase}: cost does not grow with sequences ({coef})")
             smallest = self.pass_seconds(phase, 1, dict.fromkeys(self.stacks, 1))
             if smallest <= 0:
                 problems.append(f"{phase}: a one-sequence one-layer pass is priced {smallest:.3g}s")
-            for stack, c in zip(self.stacks, coef[2:], strict=True):
-                if c <= 0:
-                    problems.append(f"{phase}: cost does not grow with {stack} layers (c={c:.3g})")
+            n = len(self.stacks)
+            for stack, c, d in zip(self.stacks, coef[2 : 2 + n], coef[2 + n :], strict=True):
+                if c + d <= 0:
+                    problems.append(
+                        f"{phase}: cost does not grow with {stack} layers (c={c:.3g}, d={d:.3g})"
+                    )
             pts = [p for p in self.points if p.phase == phase]
             for p, r in zip(pts, self.residuals[phase], strict=True):
                 if abs(r) > tolerance:
@@ -204,6 +234,7 @@ class CostTable:
             entries.append(d)
         return {
             "version": self.version,
+            "cost_model": COST_MODEL,
             "machine": self.machine,
             "tolerance": self.tolerance,
             "entries": entries,
@@ -211,9 +242,18 @@ class CostTable:
 
     @property
     def hash(self) -> str:
-        """Content hash of what was measured (the fit is derived from it)."""
+        """Content hash of what was measured and the cost model fitted to it (the fit itself is
+        derived from both)."""
         content = json.dumps(self.to_dict(derived=False), sort_keys=True)
         return hashlib.sha256(content.encode()).hexdigest()
+
+    def _measurement_hashes(self) -> set[str]:
+        """The hashes a file of these measurements may carry: this cost model's, or that of a
+        table written before the cost model was part of the hash."""
+        legacy = self.to_dict(derived=False)
+        del legacy["cost_model"]
+        old = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()
+        return {self.hash, old}
 
     def add(self, entry: ShapeCosts) -> None:
         entry.refit()
@@ -254,7 +294,7 @@ class CostTable:
             )
             table.entries[entry.key] = entry
         stored = data.get("hash")
-        if stored is not None and stored != table.hash:
+        if stored is not None and stored not in table._measurement_hashes():
             raise TableError(f"{source}: content hash mismatch, the table was edited or corrupted")
         return table
 

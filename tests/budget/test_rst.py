@@ -1,6 +1,7 @@
 """Reference-system time: the cost model, its sanity checks, charging, budgets and resume."""
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -17,14 +18,14 @@ from budgetlm.train.work import forward_pass, train_pass
 SHAPE = get_shape("gpt-tiny", n_layers=4)
 
 
-def synthetic_entry(a=0.004, b=0.002, c=0.0015, noise=()):
-    """Points from a known cost model (seconds = a + b·B + c·B·L), optionally perturbed."""
+def synthetic_entry(a=0.004, b=0.002, c=0.0015, d=0.0, noise=()):
+    """Points from a known cost model (seconds = a + b·B + c·B·L + d·L), optionally perturbed."""
     noise = dict(noise)
     points = []
     for phase, scale in (("train", 1.0), ("forward", 0.35)):
         for batch in (2, 4, 8):
             for layers in (1, 2, 3, 4):
-                sec = scale * (a + b * batch + c * batch * layers)
+                sec = scale * (a + b * batch + c * batch * layers + d * layers)
                 sec *= noise.get((phase, batch, layers), 1.0)
                 points.append(Point(phase, batch, {"decoder": layers}, sec))
     return ShapeCosts("gpt-tiny test", SHAPE.__dict__ | {}, points, {"adamw": 0.005})
@@ -34,9 +35,32 @@ def test_fit_recovers_a_linear_cost_model():
     entry = synthetic_entry()
     table = CostTable({"device": "test"})
     table.add(entry)
-    assert entry.fit["train"] == pytest.approx([0.004, 0.002, 0.0015], rel=1e-6)
-    assert entry.fit["forward"] == pytest.approx([0.0014, 0.0007, 0.000525], rel=1e-6)
+    assert entry.fit["train"] == pytest.approx([0.004, 0.002, 0.0015, 0.0], rel=1e-6, abs=1e-12)
+    assert entry.fit["forward"] == pytest.approx(
+        [0.0014, 0.0007, 0.000525, 0.0], rel=1e-6, abs=1e-12
+    )
     assert max(abs(r) for r in entry.residuals["train"]) < 1e-9
+
+
+def test_fit_recovers_a_per_layer_fixed_cost():
+    # A small eager micro-batch on a GPU: each layer costs about the same whatever the batch
+    # (launches, weight reads). Without the per-layer term the fit misses small batches by ~40%.
+    entry = synthetic_entry(a=0.002, b=0.0001, c=0.0002, d=0.003)
+    CostTable({"device": "test"}).add(entry)
+    assert entry.fit["train"] == pytest.approx([0.002, 0.0001, 0.0002, 0.003], rel=1e-6)
+    assert max(abs(r) for r in entry.residuals["forward"]) < 1e-9
+
+
+def test_a_negative_fixed_cost_is_pinned_to_zero():
+    # Curvature (cost growing faster than linearly in the batch) pulls fixed terms negative.
+    entry = synthetic_entry(a=0.0, c=0.0015)
+    for p in entry.points:
+        p.seconds *= 1 + 0.02 * p.batch_size  # superlinear in the batch
+    entry.refit()
+    for phase in ("train", "forward"):
+        fixed = [entry.fit[phase][0], entry.fit[phase][3]]
+        assert min(fixed) >= 0.0
+        assert entry.pass_seconds(phase, 1, {"decoder": 1}) > 0
 
 
 def test_planted_ten_times_too_cheap_entry_is_refused():
@@ -107,6 +131,37 @@ def test_saved_table_is_hashed_and_tampering_is_detected(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(TableError, match="refused"):
         CostTable.load(path)
+
+
+def test_a_table_hashed_before_the_cost_model_loads_under_a_new_hash(tmp_path):
+    # Same measurements, another cost model: the file is intact, but it is another reference,
+    # so a run started under the old hash is not resumed under this one.
+    table = CostTable({"device": "test"})
+    table.add(synthetic_entry())
+    data = table.to_dict(derived=False)
+    del data["cost_model"]
+    legacy = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    data["hash"] = legacy
+    loaded = CostTable.from_dict(data)
+    assert loaded.hash == table.hash != legacy
+    data["entries"][0]["points"][0]["seconds"] *= 2
+    with pytest.raises(TableError, match="hash mismatch"):
+        CostTable.from_dict(data)
+
+
+def test_calibrate_keeps_a_refused_entry_and_measures_the_other_configs(tmp_path, monkeypatch):
+    import budgetlm.budget.calibrate as calibrate
+
+    entries = iter([synthetic_entry(noise={("train", 4, 3): 0.1}), synthetic_entry(c=0.002)])
+    monkeypatch.setattr(
+        calibrate, "calibrate_config", lambda cfg, **kw: (next(entries), {"device": "test"})
+    )
+    out = tmp_path / "table.json"
+    code = main(["calibrate", "configs/gpt-tiny.yaml", "configs/gpt-tiny.yaml", "--out", str(out)])
+    assert code == 1
+    assert len(CostTable.load(out).entries) == 1
+    kept = json.loads((tmp_path / "table.refused-1.json").read_text())
+    assert len(kept["points"]) == 24 and kept["label"] == "gpt-tiny test"
 
 
 # -- measured tables and runs under RST budgets ------------------------------------------------
