@@ -8,7 +8,10 @@ family, and the optimizer arms `optim:lion`, `optim:sophia`, `optim:muon`), run 
 RST-budgeted training and report |RST - wall| / wall, where wall is the
 training time the loop measured (evaluation and checkpoint I/O excluded, as RST excludes them).
 Run it on the reference machine itself and on an otherwise idle machine; anything else measures
-the machine, not the model. Results: bench/results/rst-fidelity-<device>.{jsonl,md}.
+the machine, not the model. On a shared VM whose speed drifts by 10-20% between hours, use
+`--calibrate`: each config's table is measured right before its arms run, so the benchmark
+measures the cost model rather than the drift.
+Results: bench/results/rst-fidelity-<device>.{jsonl,md}.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 
 from budgetlm.budget.rst import CostTable
+from budgetlm.cli import main as cli_main
 from budgetlm.config import load_config
 from budgetlm.methods import METHODS, method_class
 from budgetlm.train.session import open_run
@@ -78,6 +82,34 @@ def run_arm(config: str, method: str, budget: str, table: str | None, out: Path)
     }
 
 
+def render_markdown(jsonl: Path, device: str) -> str:
+    """Every run recorded in `jsonl`, newest first: one table per invocation."""
+    runs: dict[tuple, list[dict]] = {}
+    for line in jsonl.read_text().splitlines():
+        row = json.loads(line)
+        runs.setdefault((row["date"], row["budget"], row["command"]), []).append(row)
+    lines = [f"# RST fidelity ({device})", ""]
+    for (date, budget, command), rows in sorted(runs.items(), reverse=True):
+        machine = rows[0]["machine"]
+        tables = ", ".join(dict.fromkeys(r["table_hash"] for r in rows))
+        lines += [
+            f"## {date}, budget {budget}",
+            "",
+            f"Table {tables} measured on `{machine.get('gpu') or machine.get('cpu')}` "
+            f"(torch {machine.get('torch')}, {machine.get('dtype')}); command `{command}`.",
+            "",
+            "| config | method | steps | RST s | wall s | abs error | RST-wall per step |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['config']} | {r['method']} | {r['steps']} | {r['rst_s']:.2f} | "
+            f"{r['wall_s']:.2f} | {r['error']:.1%} | {r['rst_minus_wall_per_step_ms']:+.2f} ms |"
+            for r in rows
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", nargs="+", default=FAMILY_CONFIGS)
@@ -90,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--budget", default="20s-rst")
     ap.add_argument("--table", help="cost table (default: the shipped CPU reference table)")
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure a fresh table for each config just before its arms (instead of --table)",
+    )
     ap.add_argument("--out", help="results stem (default bench/results/rst-fidelity-<device>)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    table = CostTable.load(args.table)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     stem = (
         Path(args.out)
@@ -104,12 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
+            table_path = args.table
+            if args.calibrate:
+                table_path = str(Path(tmp) / f"table-{Path(config).stem}.json")
+                optimizers = [load_config(config).optim.name, "adamw", *args.optimizers]
+                calibrate = ["calibrate", config, "--out", table_path, "--quiet"]
+                if cli_main([*calibrate, "--optimizers", *dict.fromkeys(optimizers)]) != 0:
+                    print(f"{config}: calibration refused, skipped")
+                    continue
+            table = CostTable.load(table_path)
             arms = (args.methods or implemented_methods()) + [f"optim:{o}" for o in args.optimizers]
             for method in arms:
                 try:
-                    row = run_arm(
-                        config, method, args.budget, args.table, Path(tmp) / f"{len(rows)}"
-                    )
+                    run_dir = Path(tmp) / f"{len(rows)}"
+                    row = run_arm(config, method, args.budget, table_path, run_dir)
+                    row["table_hash"] = table.hash[:12]
+                    row["machine"] = table.machine
                 except Exception as e:  # a method that does not fit this family
                     print(f"{config} {method}: skipped ({str(e).splitlines()[0]})")
                     continue
@@ -120,30 +166,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
     header = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": table.machine,
-        "table_hash": table.hash[:12],
         "budget": args.budget,
         "command": " ".join(sys.argv),
     }
     with open(f"{stem}.jsonl", "a") as f:
         for row in rows:
             f.write(json.dumps({**header, **row}) + "\n")
-    lines = [
-        f"# RST fidelity ({device})",
-        "",
-        f"{header['date']}, table {header['table_hash']} measured on "
-        f"`{table.machine.get('cpu') or table.machine.get('gpu')}`, "
-        f"budget {args.budget}, command `{header['command']}`",
-        "",
-        "| config | method | steps | RST s | wall s | abs error | RST-wall per step |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['config']} | {r['method']} | {r['steps']} | {r['rst_s']:.2f} | "
-        f"{r['wall_s']:.2f} | {r['error']:.1%} | {r['rst_minus_wall_per_step_ms']:+.2f} ms |"
-        for r in rows
-    ]
-    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
+    Path(f"{stem}.md").write_text(render_markdown(Path(f"{stem}.jsonl"), device))
     print(f"wrote {stem}.md")
     return 0
 
