@@ -82,6 +82,24 @@ def run_arm(config: str, method: str, budget: str, table: str | None, out: Path)
     }
 
 
+AGAIN = "baseline (again)"
+
+
+def add_baseline_relative(rows: list[dict]) -> None:
+    """Each arm's RST/wall relative to the baselines' (the mean of the two runs bracketing it).
+
+    A machine that is uniformly faster or slower than when the table was measured moves every
+    arm's absolute error alike and leaves comparisons fair; what is left here is what RST gets
+    wrong about the method itself.
+    """
+    base = [r["rst_s"] / r["wall_s"] for r in rows if r["method"] in ("baseline", AGAIN)]
+    if not base:
+        return
+    reference = sum(base) / len(base)
+    for r in rows:
+        r["vs_baseline"] = r["rst_s"] / r["wall_s"] / reference - 1
+
+
 def render_markdown(jsonl: Path, device: str) -> str:
     """Every run recorded in `jsonl`, newest first: one table per invocation."""
     runs: dict[tuple, list[dict]] = {}
@@ -98,12 +116,14 @@ def render_markdown(jsonl: Path, device: str) -> str:
             f"Table {tables} measured on `{machine.get('gpu') or machine.get('cpu')}` "
             f"(torch {machine.get('torch')}, {machine.get('dtype')}); command `{command}`.",
             "",
-            "| config | method | steps | RST s | wall s | abs error | RST-wall per step |",
-            "|---|---|---|---|---|---|---|",
+            "| config | method | steps | RST s | wall s | abs error | RST-wall per step "
+            "| RST/wall vs baseline |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['config']} | {r['method']} | {r['steps']} | {r['rst_s']:.2f} | "
-            f"{r['wall_s']:.2f} | {r['error']:.1%} | {r['rst_minus_wall_per_step_ms']:+.2f} ms |"
+            f"{r['wall_s']:.2f} | {r['error']:.1%} | {r['rst_minus_wall_per_step_ms']:+.2f} ms | "
+            + (f"{r['vs_baseline']:+.1%} |" if "vs_baseline" in r else "n/a |")
             for r in rows
         ]
         lines.append("")
@@ -150,20 +170,26 @@ def main(argv: list[str] | None = None) -> int:
                     continue
             table = CostTable.load(table_path)
             arms = (args.methods or implemented_methods()) + [f"optim:{o}" for o in args.optimizers]
+            if "baseline" in arms:
+                # Once more at the end: the two baselines bracket the arms, so the machine's drift
+                # over the config's runs is measured rather than mistaken for a method's error.
+                arms.append(AGAIN)
+            config_rows = []
             for method in arms:
                 try:
-                    run_dir = Path(tmp) / f"{len(rows)}"
-                    row = run_arm(config, method, args.budget, table_path, run_dir)
-                    row["table_hash"] = table.hash[:12]
-                    row["machine"] = table.machine
+                    run_dir = Path(tmp) / f"{len(rows) + len(config_rows)}"
+                    row = run_arm(config, method.split()[0], args.budget, table_path, run_dir)
+                    row.update(method=method, table_hash=table.hash[:12], machine=table.machine)
                 except Exception as e:  # a method that does not fit this family
                     print(f"{config} {method}: skipped ({str(e).splitlines()[0]})")
                     continue
-                rows.append(row)
+                config_rows.append(row)
                 print(
                     f"{config:<26} {method:<20} steps {row['steps']:>5}  RST {row['rst_s']:7.2f}s"
                     f"  wall {row['wall_s']:7.2f}s  error {row['error']:6.1%}"
                 )
+            add_baseline_relative(config_rows)
+            rows += config_rows
     header = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "budget": args.budget,
