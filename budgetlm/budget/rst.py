@@ -404,12 +404,33 @@ class CostTable:
 
     def not_covered_message(self, shape: Any) -> str:
         covered = ", ".join(sorted(e.label for e in self.entries.values())) or "nothing"
+        shipped = [name for name in shipped_tables() if shape_is_in_shipped(name, shape)]
+        hint = (
+            f" The shipped table {shipped[0]} covers it: set rst.table={shipped[0]}."
+            if shipped
+            else ""
+        )
         return (
             f"the RST table {self.source or ''} does not cover this model shape "
-            f"({_describe(shape)}); it covers: {covered}. Measure one on the reference machine "
-            "with `budgetlm calibrate CONFIG --out TABLE.json` and set rst.table=TABLE.json, "
-            "or set rst.fallback=flops to estimate from FLOPs (recorded as a warning)"
+            f"({_describe(shape)}); it covers: {covered}.{hint} Measure one on the reference "
+            "machine with `budgetlm calibrate CONFIG --out TABLE.json` and set "
+            "rst.table=TABLE.json, or set rst.fallback=flops to estimate from FLOPs (recorded as "
+            "a warning)"
         )
+
+
+def shipped_tables() -> list[str]:
+    """Names of the tables shipped with the package (`rst.table=NAME`)."""
+    folder = resources.files("budgetlm.budget") / "tables"
+    return sorted(f.name.removesuffix(".json") for f in folder.iterdir() if f.name.endswith("json"))
+
+
+def shape_is_in_shipped(name: str, shape: Any) -> bool:
+    """Whether shipped table `name` has an entry for `shape` (read without fitting)."""
+    if shape is None:
+        return False
+    text = (resources.files("budgetlm.budget") / "tables" / f"{name}.json").read_text()
+    return any(shape_key(e["shape"]) == shape_key(shape) for e in json.loads(text)["entries"])
 
 
 def _describe(shape: Any) -> str:

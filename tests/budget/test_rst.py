@@ -320,3 +320,31 @@ def test_clock_keeps_spending_per_purpose_and_restores_it():
     restored = Clock(Budget.parse("10s-rst"), extra_costs={"rst": price})
     restored.load_state_dict(clock.state_dict())
     assert restored.by_purpose == clock.by_purpose
+
+
+# -- the shipped tables ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "shapes"),
+    [
+        # (preset, vocabulary of its config's data, T5 target length from its objective)
+        ("cpu-reference", [("gpt-tiny", 2048, 0), ("bert-tiny", 2048, 0), ("t5-tiny", 2048, 29)]),
+        (
+            "h100",
+            [("gpt2-small", 50257, 0), ("bert-cramming", 32768, 0), ("t5-v1_1-base", 32128, 114)],
+        ),
+    ],
+)
+def test_shipped_tables_pass_their_checks_and_cover_their_presets(name, shapes):
+    table = CostTable.load(name)
+    for preset, vocab, target_len in shapes:
+        extra = {"target_len": target_len} if target_len else {}
+        assert table.entry_for(get_shape(preset, vocab_size=vocab, **extra)), (name, preset)
+
+
+def test_a_shape_another_shipped_table_covers_is_pointed_to():
+    shape = get_shape("gpt2-small", vocab_size=50257)
+    message = CostTable.load().not_covered_message(shape)
+    assert "set rst.table=h100" in message
+    assert "rst.table=h100" not in CostTable.load().not_covered_message(SHAPE)
