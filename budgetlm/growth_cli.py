@@ -6,9 +6,9 @@
 
 The new directory holds the run's config (with run.dir pointing at it), its metrics up to the
 checkpoint, and one checkpoint at the same step whose model, optimizer state and recorded shape
-are grown (budgetlm/methods/growth.py). Resuming rebuilds the model at the checkpoint's shape and
-continues the same budget from the same progress, on the config's schedule: the schedule
-transfer of `method=staged` does not apply to an offline growth.
+are grown (budgetlm/methods/growth_operators.py). Resuming rebuilds the model at the
+checkpoint's shape and continues the same budget from the same progress, on the config's
+schedule: the schedule transfer of `method=staged` does not apply to an offline growth.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from budgetlm.methods.growth import DEPTH_MODES, DEPTH_VARIANTS
+from budgetlm.methods.growth_operators import DEPTH_MODES, DEPTH_VARIANTS
 
 
 def register(subparsers: Any) -> None:
@@ -99,7 +99,7 @@ def grow_checkpoint(
     import torch
 
     from budgetlm.config import ConfigError, dump_yaml, load_config
-    from budgetlm.methods.growth import build_grown_optimizer, grow
+    from budgetlm.methods.growth_operators import build_grown_optimizer, grow
     from budgetlm.models import ModelShape, build_model, count_params
     from budgetlm.optim.factory import optimizer_from_config
     from budgetlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

@@ -85,7 +85,7 @@ def _run_points(run_dir: Path, skip: float, bins: int) -> tuple[Any, list[tuple[
 
 
 def _candidates(shapes: list[Any], extra: list[str]) -> list[tuple[str, float, float]]:
-    from budgetlm.methods.growth import deepen_shape, widen_shape
+    from budgetlm.methods.growth_operators import deepen_shape, widen_shape
     from budgetlm.models import count_params, flops_per_token, get_shape
 
     seen: dict[Any, str] = {}
