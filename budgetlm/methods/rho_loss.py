@@ -483,7 +483,7 @@ class RhoLoss(Method):
         losses, sizes = forward_losses(state, mega, plan.active, micro)
         il = self.table.lookup(mega["example_id"])
         chosen = reducible_topk(losses, il, plan.batch_size)
-        self._selected.load(take(mega, chosen))
+        self._selected.load(take(mega, chosen), state.dist)
         passes = [forward_pass(state.model.shape, n, plan.active) for n in sizes]
         if self.charge_selection:
             plan.extra_passes.extend(passes)

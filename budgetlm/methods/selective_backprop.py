@@ -38,6 +38,7 @@ from budgetlm.methods.base import Method, StepPlan
 
 if TYPE_CHECKING:
     from budgetlm.methods import RunContext
+    from budgetlm.train.distributed import Dist
     from budgetlm.train.state import TrainState
 
 Batch = dict[str, torch.Tensor]
@@ -127,15 +128,17 @@ def take(batch: Mapping[str, torch.Tensor], index: torch.Tensor | slice) -> Batc
 class SelectedBatch:
     """A step's selected examples, handed to the loop one micro-batch at a time.
 
-    The loop calls `before_batch` once per micro-batch, in order; each call takes the next rows.
+    The loop calls `before_batch` once per micro-batch of this rank, in order; each call takes
+    the next rows. Every rank holds the whole selection and starts at its own share.
     """
 
     def __init__(self) -> None:
         self.rows: Batch = {}
         self._next = 0
 
-    def load(self, rows: Batch) -> None:
-        self.rows, self._next = rows, 0
+    def load(self, rows: Batch, dist: Dist | None = None) -> None:
+        self.rows = rows
+        self._next = 0 if dist is None else dist.share(batch_size_of(rows)).start
 
     def next(self, size: int) -> Batch:
         start, self._next = self._next, self._next + size
@@ -154,22 +157,28 @@ def forward_losses(
     state: TrainState, batch: Mapping[str, torch.Tensor], active, micro: int
 ) -> tuple[torch.Tensor, list[int]]:
     """Per-example losses of `batch` (CPU float32) without gradients, in eval mode, forwarded in
-    slices of at most `micro` examples; also returns the slice sizes (one forward pass each)."""
+    slices of at most `micro` examples; also returns the slice sizes (one forward pass each).
+
+    Under data parallelism each rank forwards its share of the rows and the losses are gathered,
+    so every rank returns all of them; the sizes are those one device would forward (what the
+    clock charges: the global work, as for the training batch).
+    """
     model = state.model
     was_training = model.training
     model.eval()
-    losses, sizes = [], []
+    n = batch_size_of(batch)
+    mine = take(batch, state.dist.share(n))
+    losses = [torch.zeros(0)]
     try:
-        n = batch_size_of(batch)
-        for start in range(0, n, micro):
-            part = {k: v[start : start + micro].to(state.device) for k, v in batch.items()}
+        for start in range(0, batch_size_of(mine), micro):
+            part = {k: v[start : start + micro].to(state.device) for k, v in mine.items()}
             with state.autocast():
                 out = model(part, active=active)
             losses.append(out.per_example_loss.float().cpu())
-            sizes.append(len(part["example_id"]))
     finally:
         model.train(was_training)
-    return torch.cat(losses), sizes
+    sizes = [min(micro, n - start) for start in range(0, n, micro)]
+    return state.dist.gather_rows(torch.cat(losses), n), sizes
 
 
 # -- the hook -------------------------------------------------------------------------------------
@@ -248,7 +257,7 @@ class SelectiveBackprop(Method):
             self.stats["kept"] += int(keep.sum())
             self.stats["forwarded_loss"] += float(losses.sum())
             self.stats["kept_loss"] += float(losses[keep].sum())
-        self._selected.load(take(self.pending, slice(0, plan.batch_size)))
+        self._selected.load(take(self.pending, slice(0, plan.batch_size)), state.dist)
         self.pending = take(self.pending, slice(plan.batch_size, None))
 
     def before_batch(self, state: TrainState, plan: StepPlan, batch: Batch) -> Batch:

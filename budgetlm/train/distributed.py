@@ -26,10 +26,10 @@ from torch import nn
 
 MODES = ("auto", "ddp", "fsdp")
 # What data parallelism does not support yet, and why (refused, never silently wrong).
-UNSUPPORTED_METHODS = {
-    "selective_backprop": "per-rank selection with a global batch size is not implemented yet",
-    "rho_loss": "per-rank selection with a global batch size is not implemented yet",
-}
+UNSUPPORTED_METHODS: dict[str, str] = {}
+# Selective backprop and RHO-loss need no entry under DDP: each rank forwards its share of the
+# candidates, the losses are gathered, and every rank then makes the same selection (the same
+# state on every rank, so rank 0's checkpoint is the run's) and trains on its share of it.
 # Sophia needs no entry: every rank estimates the Hessian on the same examples of the global
 # batch (a pure function of (seed, step)) with the same sampled labels, so the estimates agree
 # without communication and the clock charges the pass once, as one reference device would.
@@ -37,6 +37,8 @@ UNSUPPORTED_OPTIMIZERS: dict[str, str] = {}
 FSDP_UNSUPPORTED_METHODS = {
     "layer_stacking": "re-sharding a model that grows mid-run is not implemented (use ddp)",
     "staged": "re-sharding a model that grows mid-run is not implemented (use ddp)",
+    "selective_backprop": "selection forwards of a sharded model are not implemented (use ddp)",
+    "rho_loss": "selection forwards of a sharded model are not implemented (use ddp)",
 }
 FSDP_UNSUPPORTED_OPTIMIZERS = {
     "muon": "its orthogonalisation needs whole matrices, FSDP2 holds shards (use ddp)",
@@ -85,6 +87,31 @@ class Dist:
             value = value.clone()
             torch_dist.all_reduce(value, op=torch_dist.ReduceOp.SUM)
         return value
+
+    def share(self, n: int) -> slice:
+        """This rank's contiguous share of n rows (the first n % world ranks get one more)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """Concatenate every rank's `share(n)` rows of a 1-d tensor, in rank order."""
+        if not self.active:
+            return part
+        longest = -(-n // self.world)
+        padded = torch.zeros(longest, dtype=part.dtype)
+        padded[: len(part)] = part
+        gathered = [torch.empty_like(padded) for _ in range(self.world)]
+        # gloo gathers CPU tensors; NCCL needs them on this rank's GPU.
+        if torch_dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+            gathered = [g.to(device) for g in gathered]
+            torch_dist.all_gather(gathered, padded.to(device))
+            gathered = [g.cpu() for g in gathered]
+        else:
+            torch_dist.all_gather(gathered, padded)
+        shares = [Dist(r, self.world).share(n) for r in range(self.world)]
+        return torch.cat([g[: s.stop - s.start] for g, s in zip(gathered, shares, strict=True)])
 
     def barrier(self) -> None:
         if self.active:

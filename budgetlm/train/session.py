@@ -216,6 +216,7 @@ def open_run(
         methods=list(methods),
         device=device,
         autocast=autocast,
+        dist=dist,
     )
     checkpoint_meta = {
         "config_hash": cfg.hash(),

@@ -22,6 +22,7 @@ from torch import nn
 from budgetlm.budget.clock import Clock
 from budgetlm.methods.base import Method
 from budgetlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from budgetlm.train.distributed import Dist
 
 
 def rng_state() -> dict[str, Any]:
@@ -52,6 +53,9 @@ class TrainState:
     # function of (seed, step)), the device and the autocast context factory.
     data: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # This process's place in a data-parallel job (rank 0 of 1 alone): selection methods split
+    # their forwards across ranks and gather the losses.
+    dist: Dist = field(default_factory=Dist)
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def parts(

@@ -121,8 +121,7 @@ def test_layer_drop_and_the_stop_step_are_identical_on_every_rank(tmp_path):
 
 def test_what_is_not_supported_is_refused():
     two = Dist(rank=0, world=2, mode="ddp")
-    with pytest.raises(DistributedConfigError, match="selective_backprop"):
-        check_supported(two, ["selective_backprop"], "adamw", 8)
+    check_supported(two, ["selective_backprop"], "adamw", 8)  # DDP: shared selection
     check_supported(two, [], "sophia", 8)  # DDP: every rank computes the same Hessian
     with pytest.raises(DistributedConfigError, match="not divisible"):
         check_supported(two, [], "adamw", 7)
@@ -131,6 +130,8 @@ def test_what_is_not_supported_is_refused():
         check_supported(fsdp, [], "muon", 8)
     with pytest.raises(DistributedConfigError, match="sophia"):
         check_supported(fsdp, [], "sophia", 8)
+    with pytest.raises(DistributedConfigError, match="rho_loss"):
+        check_supported(fsdp, ["rho_loss"], "adamw", 8)
     check_supported(Dist(), ["selective_backprop"], "sophia", 7)  # one process: anything goes
     check_supported(two, ["layer_drop", "layer_stacking"], "lion", 8)
 
@@ -176,3 +177,40 @@ def test_sophia_on_two_ddp_ranks_matches_one_rank(tmp_path):
     assert train_losses(runs[2]) == pytest.approx(train_losses(runs[1]), rel=1e-5)
     summary = json.loads((runs[2] / "summary.json").read_text())
     assert summary["methods"]["sophia_hessian"]["hessian_refreshes"] == 4
+
+
+@pytest.mark.parametrize("rows", [7, 8])
+def test_each_rank_takes_a_share_and_the_shares_tile_the_rows(rows):
+    shares = [Dist(rank=r, world=3, mode="ddp").share(rows) for r in range(3)]
+    assert [s.start for s in shares] == [0, shares[0].stop, shares[1].stop]
+    assert shares[-1].stop == rows
+    assert max(s.stop - s.start for s in shares) - min(s.stop - s.start for s in shares) <= 1
+
+
+@pytest.mark.parametrize("method", ["selective_backprop", "rho_loss"])
+def test_selection_methods_on_two_ddp_ranks_match_one_rank(method, tmp_path):
+    """Each rank forwards half of the candidates; the gathered losses give every rank the same
+    selection, of which each trains on its half: the run is the one-rank run."""
+    extra = [f"method={method}", "budget=6steps"]
+    if method == "rho_loss":
+        from budgetlm.config import load_config
+        from budgetlm.rho_cli import prepare_il_table
+
+        table = tmp_path / "il"
+        extra += [f"methods.rho_loss.table={table}", "methods.rho_loss.il.budget=2steps"]
+        config = write_config(tmp_path / "il.yaml", tmp_path / "il-run", *extra)
+        prepare_il_table(load_config(str(config)), progress=False)
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        out.mkdir()
+        config = write_config(out / "cfg.yaml", out / "run", *extra)
+        torchrun(nproc, "-m", "budgetlm", "train", str(config), "--quiet")
+        runs[nproc] = out / "run"
+    assert train_losses(runs[2]) == pytest.approx(train_losses(runs[1]), rel=1e-5)
+    one, two = (json.loads((runs[n] / "summary.json").read_text()) for n in (1, 2))
+    stats = [
+        {k: v for k, v in s["methods"][method].items() if isinstance(v, float)} for s in (one, two)
+    ]
+    assert stats[0] and stats[1] == pytest.approx(stats[0], rel=1e-5)  # keep rates, mean losses
+    assert two["spent_by_purpose"] == one["spent_by_purpose"]  # the global work, charged once
