@@ -51,6 +51,18 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
+def one_and_two_ranks(tmp_path: Path, *overrides: str) -> dict[int, Path]:
+    """The same config trained on 1 and on 2 ranks: {nproc: run directory}."""
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        out.mkdir()
+        config = write_config(out / "cfg.yaml", out / "run", *overrides)
+        torchrun(nproc, "-m", "budgetlm", "train", str(config), "--quiet")
+        runs[nproc] = out / "run"
+    return runs
+
+
 def train_losses(run_dir: Path) -> list[float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if r["event"] == "train"]
@@ -151,13 +163,7 @@ def test_layer_stacking_rewraps_ddp_when_the_model_grows(tmp_path):
     """Stacking adds blocks mid-run: DDP is rebuilt around the new parameters and the two ranks
     still match one rank step for step."""
     stacking = ("method=layer_stacking", "model.n_layers=4", "budget=12steps")
-    runs = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"n{nproc}"
-        out.mkdir()
-        config = write_config(out / "cfg.yaml", out / "run", *stacking)
-        torchrun(nproc, "-m", "budgetlm", "train", str(config), "--quiet")
-        runs[nproc] = out / "run"
+    runs = one_and_two_ranks(tmp_path, *stacking)
     assert len(final_weights(runs[2])) == len(final_weights(runs[1]))
     assert train_losses(runs[2]) == pytest.approx(train_losses(runs[1]), rel=1e-5)
     summary = json.loads((runs[2] / "summary.json").read_text())
@@ -167,13 +173,7 @@ def test_layer_stacking_rewraps_ddp_when_the_model_grows(tmp_path):
 def test_sophia_on_two_ddp_ranks_matches_one_rank(tmp_path):
     """Each rank estimates the Hessian on the same examples: no divergence between ranks."""
     sophia = ("optim.name=sophia", "optim.lr=1e-3", "optim.options.hessian_interval=2")
-    runs = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"n{nproc}"
-        out.mkdir()
-        config = write_config(out / "cfg.yaml", out / "run", *sophia)
-        torchrun(nproc, "-m", "budgetlm", "train", str(config), "--quiet")
-        runs[nproc] = out / "run"
+    runs = one_and_two_ranks(tmp_path, *sophia)
     assert train_losses(runs[2]) == pytest.approx(train_losses(runs[1]), rel=1e-5)
     summary = json.loads((runs[2] / "summary.json").read_text())
     assert summary["methods"]["sophia_hessian"]["hessian_refreshes"] == 4
@@ -200,13 +200,7 @@ def test_selection_methods_on_two_ddp_ranks_match_one_rank(method, tmp_path):
         extra += [f"methods.rho_loss.table={table}", "methods.rho_loss.il.budget=2steps"]
         config = write_config(tmp_path / "il.yaml", tmp_path / "il-run", *extra)
         prepare_il_table(load_config(str(config)), progress=False)
-    runs = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"n{nproc}"
-        out.mkdir()
-        config = write_config(out / "cfg.yaml", out / "run", *extra)
-        torchrun(nproc, "-m", "budgetlm", "train", str(config), "--quiet")
-        runs[nproc] = out / "run"
+    runs = one_and_two_ranks(tmp_path, *extra)
     assert train_losses(runs[2]) == pytest.approx(train_losses(runs[1]), rel=1e-5)
     one, two = (json.loads((runs[n] / "summary.json").read_text()) for n in (1, 2))
     stats = [
