@@ -18,6 +18,16 @@ def heldout_loss(
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, float]:
     """Token-weighted mean loss over all batches, with every layer active."""
+    return loss_metrics(*heldout_sums(model, batches, device, autocast))
+
+
+def heldout_sums(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[float, int]:
+    """(summed loss over target tokens, number of target tokens): what ranks add together."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -31,6 +41,10 @@ def heldout_loss(
             count += n
     finally:
         model.train(was_training)
+    return total, count
+
+
+def loss_metrics(total: float, count: int) -> dict[str, float]:
     if count == 0:
         raise ValueError("held-out evaluation saw no target tokens")
     loss = total / count

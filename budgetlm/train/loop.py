@@ -31,7 +31,7 @@ from budgetlm.optim import set_lr
 from budgetlm.schedules import ScheduleSpec
 from budgetlm.train.checkpoint import prune_checkpoints
 from budgetlm.train.distributed import Dist, ddp_wrap, full_state_dicts
-from budgetlm.train.evaluate import heldout_loss
+from budgetlm.train.evaluate import heldout_sums, loss_metrics
 from budgetlm.train.metrics import MetricsLog
 from budgetlm.train.state import TrainState
 from budgetlm.train.work import step_work
@@ -162,7 +162,17 @@ class Trainer:
 
     # -- observation --------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        metrics = heldout_loss(self.state.model, self.eval_batches, self.device, self.autocast())
+        batches = self.eval_batches
+        if self.dist.mode == "ddp":
+            # Each rank scores its share of the held-out batches and the sums are added. (FSDP
+            # ranks must run the same forwards together, so there every rank scores them all.)
+            batches = batches[self.dist.share(len(batches))]
+        total, count = heldout_sums(self.state.model, batches, self.device, self.autocast())
+        if self.dist.mode == "ddp":
+            sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+            total, count = self.dist.sum(sums).tolist()
+            count = round(count)
+        metrics = loss_metrics(total, count)
         for m in self.state.methods:
             m.on_eval(self.state, metrics)
         return metrics

@@ -68,6 +68,12 @@ def train_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in records if r["event"] == "train"]
 
 
+def eval_records(run_dir: Path) -> list[tuple[float, int]]:
+    """(held-out loss, target tokens) of every evaluation."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["val_loss"], r["val_tokens"]) for r in records if r["event"] == "eval"]
+
+
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(complete_checkpoints(run_dir / "checkpoints")[-1])["model"]
 
@@ -90,6 +96,10 @@ def test_two_ddp_ranks_match_one_rank(one_rank, tmp_path):
         torch.testing.assert_close(ours[name], tensor, rtol=1e-4, atol=1e-5)
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["attempts"][0]["parallel"] == {"mode": "ddp", "world": 2}
+    # Each rank scored half of the held-out batches; the sums give the one-rank figures.
+    ours, reference = eval_records(tmp_path / "run"), eval_records(one_rank)
+    assert [t for _, t in ours] == [t for _, t in reference]
+    assert [v for v, _ in ours] == pytest.approx([v for v, _ in reference], rel=1e-6)
 
 
 def test_ddp_checkpoint_resumes_on_one_rank(one_rank, tmp_path):
