@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 
-@torch.no_grad()
 def heldout_loss(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -21,6 +20,7 @@ def heldout_loss(
     return loss_metrics(*heldout_sums(model, batches, device, autocast))
 
 
+@torch.no_grad()
 def heldout_sums(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
