@@ -422,7 +422,8 @@ class CostTable:
 def shipped_tables() -> list[str]:
     """Names of the tables shipped with the package (`rst.table=NAME`)."""
     folder = resources.files("budgetlm.budget") / "tables"
-    return sorted(f.name.removesuffix(".json") for f in folder.iterdir() if f.name.endswith("json"))
+    names = (f.name for f in folder.iterdir())
+    return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
 
 
 def shape_is_in_shipped(name: str, shape: Any) -> bool:

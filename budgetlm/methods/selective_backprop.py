@@ -136,9 +136,8 @@ class SelectedBatch:
         self.rows: Batch = {}
         self._next = 0
 
-    def load(self, rows: Batch, dist: Dist | None = None) -> None:
-        self.rows = rows
-        self._next = 0 if dist is None else dist.share(batch_size_of(rows)).start
+    def load(self, rows: Batch, dist: Dist) -> None:
+        self.rows, self._next = rows, dist.share(batch_size_of(rows)).start
 
     def next(self, size: int) -> Batch:
         start, self._next = self._next, self._next + size

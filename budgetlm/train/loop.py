@@ -95,9 +95,13 @@ class Trainer:
     optimizer_name: str | None = None
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     log: MetricsLog | None = None
-    dist: Dist = field(default_factory=Dist)
     _last: dict[str, Any] = field(default_factory=dict)
     _compiled: tuple[Any, Any] | None = None
+
+    @property
+    def dist(self) -> Dist:
+        """This process's place in the job: the state's, which methods read too."""
+        return self.state.dist
 
     def _forward(self) -> Callable[..., Any]:
         """The model to call: DDP-wrapped under data parallelism, compiled when asked; wrapped

@@ -297,7 +297,6 @@ def open_run(
         optimizer_name=cfg.optim.name,
         autocast=autocast,
         log=log,
-        dist=dist,
     )
 
 
