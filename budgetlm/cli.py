@@ -60,6 +60,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         summary = trainer.run(stop_after=args.stop_after)
+        # Every rank done before any tears its connections down: a rank that destroys its
+        # process group while another still finishes (rank 0 writes the summary) can abort the
+        # other's gloo threads at exit ("terminate called without an active exception").
+        trainer.dist.barrier()
     finally:
         if trainer.log is not None:
             trainer.log.close()
