@@ -29,7 +29,7 @@ import torch
 from budgetlm.budget.rst import CostTable
 from budgetlm.cli import main as cli_main
 from budgetlm.config import load_config
-from budgetlm.methods import METHODS, method_class
+from budgetlm.registry import METHODS, method_class
 from budgetlm.train.session import open_run
 
 FAMILY_CONFIGS = ["configs/gpt-tiny.yaml", "configs/bert-tiny.yaml", "configs/t5-tiny.yaml"]
@@ -64,7 +64,7 @@ def run_arm(config: str, method: str, budget: str, table: str | None, out: Path)
         overrides.append(f"method={method}")
     cfg = load_config(config, overrides)
     if method == "rho_loss":  # its irreducible-loss model first (reported, never charged)
-        from budgetlm.rho_cli import prepare_il_table
+        from budgetlm.train.irreducible import prepare_il_table
 
         prepare_il_table(cfg, progress=False)
     trainer = open_run(cfg, progress=False)

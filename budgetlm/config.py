@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from budgetlm.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration problem, reported before any work starts."""
 
 
@@ -337,7 +339,7 @@ def validate(cfg: Config) -> None:
             f"optim.name must be one of {tuple(OPTIMIZERS)}, got {cfg.optim.name!r}"
             f"{_suggest(cfg.optim.name, OPTIMIZERS)}"
         )
-    from budgetlm.methods import parse_method_spec
+    from budgetlm.registry import parse_method_spec
 
     try:
         parse_method_spec(cfg.method)

@@ -34,7 +34,7 @@ def test_every_command_is_in_the_readme():
 
 
 def test_every_experiment_key_is_documented():
-    from budgetlm.compare.experiment import ARM_KEYS, EXPERIMENT_KEYS, STATS_KEYS
+    from budgetlm.compare.run.experiment import ARM_KEYS, EXPERIMENT_KEYS, STATS_KEYS
 
     doc = (ROOT / "docs" / "compare.md").read_text()
     table = set(re.findall(r"^\| `(\w+)` \|", doc, re.M))

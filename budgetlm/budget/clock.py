@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from budgetlm.errors import UserError
+
 UNITS = ("steps", "tokens", "flops", "seconds", "rst")
 # RST is measured in seconds of the reference machine; `seconds` is this machine's wall clock.
 
@@ -36,7 +38,7 @@ _BUDGET_RE = re.compile(
 )
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError, ValueError):
     """A budget string that cannot be understood."""
 
 

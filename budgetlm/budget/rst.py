@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from budgetlm.budget.clock import Pass, Work
+from budgetlm.errors import UserError
 
 TABLE_VERSION = 1
 # The cost model fitted to a table's points. It is part of the table's hash: the same
@@ -41,7 +42,7 @@ PHASES = ("train", "forward")
 DEFAULT_TABLE = "cpu-reference"
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """A cost table that is malformed, fails its sanity checks, or does not cover a run."""
 
 

@@ -27,6 +27,8 @@ from types import TracebackType
 
 import numpy as np
 
+from budgetlm.errors import UserError
+
 MAGIC = b"BLMTOK\x00\x01"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sIIQQ32s")
@@ -34,7 +36,7 @@ HEADER_SIZE = _HEADER.size  # 64
 _DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A token shard is missing, malformed, corrupted or does not fit the tokenizer."""
 
 

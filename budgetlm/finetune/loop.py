@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,31 +24,8 @@ from budgetlm.data.tokenizer import Tokenizer
 from budgetlm.finetune.encode import Encoder
 from budgetlm.finetune.heads import SequenceClassifier, TextToText
 from budgetlm.finetune.metrics import score
+from budgetlm.finetune.protocol import Protocol
 from budgetlm.finetune.tasks import REGRESSION, Example, TaskData, TaskError
-
-
-@dataclass
-class Protocol:
-    lr: float = 4e-5
-    batch_size: int = 16
-    epochs: int = 5
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    max_length: int = 128
-    select: str = "final"  # final | max (best epoch on validation: optimistic)
-    max_train: int | None = None  # cap on training examples (a fixed-seed sample)
-    max_eval: int | None = None  # cap on validation examples
-    grad_clip: float = 1.0
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.select not in ("final", "max"):
-            raise ValueError(f"select must be 'final' or 'max', got {self.select!r}")
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.max_length < 8:
-            raise ValueError("lr > 0, batch_size >= 1, epochs >= 1 and max_length >= 8 please")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from budgetlm.errors import UserError
+
 CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE = "classification", "regression", "multiple_choice"
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """An unknown suite or task, or a task with unusable data."""
 
 

@@ -23,8 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from budgetlm.errors import UserError
 
-class ExportError(ValueError):
+
+class ExportError(UserError, ValueError):
     """The model's architecture has no faithful `transformers` counterpart."""
 
 

@@ -15,13 +15,13 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from budgetlm.methods.base import Method
+from budgetlm.api import Method, MethodState, RunContext
 from budgetlm.methods.growth_operators import (
     DEFAULT_C,
     DEPTH_MODES,
@@ -32,11 +32,6 @@ from budgetlm.methods.growth_operators import (
     grow,
 )
 from budgetlm.models import ModelShape
-
-if TYPE_CHECKING:
-    from budgetlm.methods import RunContext
-    from budgetlm.train.state import TrainState
-
 
 # -- schedule transfer --------------------------------------------------------------------------
 
@@ -179,7 +174,7 @@ class StagedGrowth(Method):
         return cls(options, cfg.optim if cfg is not None else None, cfg.run.seed if cfg else 0)
 
     # -- when -----------------------------------------------------------------------------------
-    def _due(self, state: TrainState, p: float) -> bool:
+    def _due(self, state: MethodState, p: float) -> bool:
         event = self.events[self.done]
         if event.at is not None:
             return p >= event.at
@@ -191,13 +186,13 @@ class StagedGrowth(Method):
         loss = [v for _, v in self.curve]
         return grow_index(compute, loss, threshold, o.window) is not None
 
-    def after_forward(self, state: TrainState, batch: dict, output: Any) -> None:
+    def after_forward(self, state: MethodState, batch: dict, output: Any) -> None:
         if self.options.trigger == "slope" and self.done < len(self.events):
             n = float(output.n_targets)
             self._bucket[0] += float(output.loss.detach()) * n
             self._bucket[1] += n
 
-    def on_progress(self, state: TrainState, p: float) -> None:
+    def on_progress(self, state: MethodState, p: float) -> None:
         if self.done >= len(self.events):
             return
         if self.options.trigger == "slope" and p >= self._next_point and self._bucket[1] > 0:
@@ -210,7 +205,7 @@ class StagedGrowth(Method):
             self.grow_state(state, self.events[self.done].op, p)
 
     # -- what -----------------------------------------------------------------------------------
-    def grow_state(self, state: TrainState, op: str, p: float) -> None:
+    def grow_state(self, state: MethodState, op: str, p: float) -> None:
         """Replace state.model and state.optimizer by their grown versions."""
         from budgetlm.optim.factory import optimizer_from_config
 
@@ -253,7 +248,7 @@ class StagedGrowth(Method):
         self._bucket = [0.0, 0.0]
 
     def adjust_lr(
-        self, state: TrainState, p: float, lr: float, schedule: Callable[[float], float]
+        self, state: MethodState, p: float, lr: float, schedule: Callable[[float], float]
     ) -> float:
         if not self.options.transfer or self.transfer.grown_at is None:
             return lr

@@ -1,7 +1,7 @@
 """Growth operators on the whole training state (Shen et al. 2022, "Staged training").
 
-`method=staged` (growth.py) applies them inside one budgeted run; `budgetlm grow` (growth_cli.py)
-to a checkpoint.
+`method=staged` (growth.py) applies them inside one budgeted run; `budgetlm grow`
+(train/grow_checkpoint.py) to a checkpoint.
 
 Each operator is a pure function: it takes a model and its optimizer and returns a `Grown` (the
 new model, its optimizer state keyed by parameter name, the new ModelShape); the inputs are not

@@ -28,15 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from budgetlm.methods.base import Method, StepPlan
-
-if TYPE_CHECKING:
-    from budgetlm.methods import RunContext
-    from budgetlm.train.state import TrainState
+from budgetlm.api import Method, MethodState, RunContext, StepPlan
 
 # gamma_f by family: BERT 100 and T5 20 are No Train No Gain's. GPT has no published value; we
 # use T5's 20, the gentler decay (theta reaches theta_bar + 1% at p ~ 0.2 instead of p ~ 0.04).
@@ -112,7 +108,7 @@ class LayerDrop(Method):
     def theta(self, p: float) -> float:
         return keep_probability(p, self.theta_bar, self.gamma_f)
 
-    def plan_step(self, state: TrainState, plan: StepPlan) -> None:
+    def plan_step(self, state: MethodState, plan: StepPlan) -> None:
         # Depths are read from the model each step, so growth during the run is respected.
         depths = {s: len(blocks) for s, blocks in state.model.layer_stacks().items()}
         theta = self.theta(state.clock.progress)

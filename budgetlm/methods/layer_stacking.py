@@ -25,17 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from budgetlm.methods.base import Method, StepPlan
+from budgetlm.api import Method, MethodState, RunContext, StepPlan
 from budgetlm.methods.optim_state import copy_param_state, reset_param_state
-
-if TYPE_CHECKING:
-    from budgetlm.methods import RunContext
-    from budgetlm.train.state import TrainState
 
 POLICIES = ("copy", "reset_new", "reset_all")
 DEFAULT_POINTS = (0.125, 0.3)
@@ -153,7 +149,7 @@ class LayerStacking(Method):
         """Active depth of `stack` now."""
         return self.depths[stack][self.stage]
 
-    def on_start(self, state: TrainState) -> None:
+    def on_start(self, state: MethodState) -> None:
         stacks = state.model.layer_stacks()
         found = {s: len(b) for s, b in stacks.items()}
         if found != self.full:
@@ -162,12 +158,12 @@ class LayerStacking(Method):
             for s, blocks in stacks.items():
                 silence_blocks(blocks, self.depth(s))
 
-    def plan_step(self, state: TrainState, plan: StepPlan) -> None:
+    def plan_step(self, state: MethodState, plan: StepPlan) -> None:
         active = dict(plan.active or {})
         active.update({s: list(range(self.depth(s))) for s in self.full})
         plan.active = active
 
-    def on_progress(self, state: TrainState, p: float) -> None:
+    def on_progress(self, state: MethodState, p: float) -> None:
         stacks = state.model.layer_stacks()
         while self.stage < len(self.points) and p >= self.points[self.stage]:
             for s, blocks in stacks.items():

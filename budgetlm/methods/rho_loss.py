@@ -6,9 +6,9 @@ learning, and not yet learnt"): train on the examples with the largest *reducibl
 where the irreducible loss (IL) of x is the loss of a model trained on a hold-out split. Each
 step forwards a mega-batch (`megabatch_factor` x the batch, 2x by default) without gradients and
 keeps the top `batch_size` examples; the selection forwards are charged to the clock. The IL
-model is trained and scored beforehand by `budgetlm rho prepare CONFIG` (budgetlm/rho_cli.py),
-which writes an IL table; its cost is reported beside the run, not charged to it (the paper did
-not charge it; summaries show both totals).
+model is trained and scored beforehand by `budgetlm rho prepare CONFIG`
+(budgetlm/train/irreducible.py), which writes an IL table; its cost is reported beside the run,
+not charged to it (the paper did not charge it; summaries show both totals).
 
 The split (decided here, used by both sides):
 - an example is a window of the prepared train split, named by its stable `example_id` (its
@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from budgetlm.api import Method, MethodState, RunContext, StepPlan
 from budgetlm.config import ConfigError
-from budgetlm.methods.base import Method, StepPlan
 from budgetlm.methods.selective_backprop import (
     Batch,
     SelectedBatch,
@@ -57,8 +57,6 @@ from budgetlm.methods.selective_backprop import (
 
 if TYPE_CHECKING:
     from budgetlm.config import Config
-    from budgetlm.methods import RunContext
-    from budgetlm.train.state import TrainState
 
 TABLE_VERSION = 1
 TABLE_JSON = "il_table.json"
@@ -362,17 +360,17 @@ class HoldoutTraining(Method):
         self.stream: SubsetStream | None = None
         self._micro = 0
 
-    def on_start(self, state: TrainState) -> None:
+    def on_start(self, state: MethodState) -> None:
         data = state.data
         _, held = split_ids(data.num_examples, self.fraction)
         self.stream = SubsetStream(
             data.tokens, data.objective, held, data.batch_size, data.seed, _HOLDOUT_STREAM
         )
 
-    def plan_step(self, state: TrainState, plan: StepPlan) -> None:
+    def plan_step(self, state: MethodState, plan: StepPlan) -> None:
         self._micro = 0
 
-    def before_batch(self, state: TrainState, plan: StepPlan, batch: Batch) -> Batch:
+    def before_batch(self, state: MethodState, plan: StepPlan, batch: Batch) -> Batch:
         size = batch_size_of(batch)
         start = self._micro * size
         self._micro += 1
@@ -456,7 +454,7 @@ class RhoLoss(Method):
     def megabatch_size(self, batch_size: int) -> int:
         return max(batch_size, math.ceil(self.megabatch_factor * batch_size - 1e-9))
 
-    def on_start(self, state: TrainState) -> None:
+    def on_start(self, state: MethodState) -> None:
         if not self.charge_selection:
             note_uncharged(state, "rho_loss.charge_selection=false")
         data = state.data
@@ -475,8 +473,8 @@ class RhoLoss(Method):
             _MEGA_STREAM,
         )
 
-    def plan_step(self, state: TrainState, plan: StepPlan) -> None:
-        from budgetlm.train.work import forward_pass
+    def plan_step(self, state: MethodState, plan: StepPlan) -> None:
+        from budgetlm.budget.work import forward_pass
 
         micro = plan.batch_size // plan.micro_batches
         mega = self.stream.batch(plan.step)
@@ -496,7 +494,7 @@ class RhoLoss(Method):
         self.stats["candidate_reducible"] += float(reducible.sum())
         self.stats["selected_reducible"] += float(reducible[chosen].sum())
 
-    def before_batch(self, state: TrainState, plan: StepPlan, batch: Batch) -> Batch:
+    def before_batch(self, state: MethodState, plan: StepPlan, batch: Batch) -> Batch:
         return self._selected.next(batch_size_of(batch))
 
     def summary(self) -> dict[str, Any]:

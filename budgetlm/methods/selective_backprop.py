@@ -34,12 +34,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from budgetlm.methods.base import Method, StepPlan
+from budgetlm.api import Method, MethodState, RunContext, StepPlan
 
 if TYPE_CHECKING:
-    from budgetlm.methods import RunContext
     from budgetlm.train.distributed import Dist
-    from budgetlm.train.state import TrainState
 
 Batch = dict[str, torch.Tensor]
 _STREAM = 0x5E1B_AC4B  # keeps the keep-decision stream apart from other (seed, n) streams
@@ -106,7 +104,7 @@ class LossHistory:
         self.filled, self.pos = int(state["filled"]), int(state["pos"])
 
 
-def note_uncharged(state: TrainState, setting: str) -> None:
+def note_uncharged(state: MethodState, setting: str) -> None:
     """Record the "selection for free" ablation in the run's warnings (checkpointed with the
     state and copied into summary.json), once."""
     note = f"{setting}: batch-selection forwards were NOT charged to the budget (ablation)"
@@ -153,7 +151,7 @@ def concat(batches: Sequence[Mapping[str, torch.Tensor]]) -> Batch:
 
 @torch.no_grad()
 def forward_losses(
-    state: TrainState, batch: Mapping[str, torch.Tensor], active, micro: int
+    state: MethodState, batch: Mapping[str, torch.Tensor], active, micro: int
 ) -> tuple[torch.Tensor, list[int]]:
     """Per-example losses of `batch` (CPU float32) without gradients, in eval mode, forwarded in
     slices of at most `micro` examples; also returns the slice sizes (one forward pass each).
@@ -223,13 +221,13 @@ class SelectiveBackprop(Method):
         seed = context.config.run.seed if context.config is not None else 0
         return cls(options.beta, options.history, options.charge_selection, seed)
 
-    def on_start(self, state: TrainState) -> None:
+    def on_start(self, state: MethodState) -> None:
         if not self.charge_selection:
             note_uncharged(state, "selective_backprop.charge_selection=false")
 
     # -- events --------------------------------------------------------------------------------
-    def plan_step(self, state: TrainState, plan: StepPlan) -> None:
-        from budgetlm.train.work import forward_pass
+    def plan_step(self, state: MethodState, plan: StepPlan) -> None:
+        from budgetlm.budget.work import forward_pass
 
         micro = plan.batch_size // plan.micro_batches
         chunks = 0
@@ -259,7 +257,7 @@ class SelectiveBackprop(Method):
         self._selected.load(take(self.pending, slice(0, plan.batch_size)), state.dist)
         self.pending = take(self.pending, slice(plan.batch_size, None))
 
-    def before_batch(self, state: TrainState, plan: StepPlan, batch: Batch) -> Batch:
+    def before_batch(self, state: MethodState, plan: StepPlan, batch: Batch) -> Batch:
         return self._selected.next(batch_size_of(batch))
 
     # -- reporting and state -------------------------------------------------------------------

@@ -23,18 +23,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from budgetlm.methods.base import Method, StepPlan
-
-if TYPE_CHECKING:
-    from budgetlm.methods import RunContext
-    from budgetlm.train.state import TrainState
+from budgetlm.api import Method, MethodState, RunContext, StepPlan
 
 PAPER_BETAS = (0.965, 0.99)
 PAPER_EPS = 1e-15
@@ -146,10 +142,10 @@ class SophiaHessian(Method):
     def due(self, step: int) -> bool:
         return step % self.interval == 0
 
-    def plan_step(self, state: TrainState, plan: StepPlan) -> None:
+    def plan_step(self, state: MethodState, plan: StepPlan) -> None:
         if not self.due(plan.step):
             return
-        from budgetlm.train.work import train_pass
+        from budgetlm.budget.work import train_pass
 
         micro = plan.batch_size // plan.micro_batches
         n = self.batch or micro

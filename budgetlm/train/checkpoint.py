@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from budgetlm.errors import UserError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, incomplete, corrupted or does not fit this run."""
 
 

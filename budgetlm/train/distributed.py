@@ -24,6 +24,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from budgetlm.errors import UserError
+
 MODES = ("auto", "ddp", "fsdp")
 # What data parallelism does not support yet, and why (refused, never silently wrong).
 UNSUPPORTED_METHODS: dict[str, str] = {}
@@ -46,7 +48,7 @@ FSDP_UNSUPPORTED_OPTIMIZERS = {
 }
 
 
-class DistributedConfigError(ValueError):
+class DistributedConfigError(UserError, ValueError):
     """A setting that data-parallel training refuses."""
 
 

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from budgetlm.api import StepPlan
+from budgetlm.budget.work import step_work
 from budgetlm.config import TrainConfig
-from budgetlm.methods.base import StepPlan
 from budgetlm.optim import set_lr
 from budgetlm.schedules import ScheduleSpec
 from budgetlm.train.checkpoint import prune_checkpoints
@@ -34,7 +35,6 @@ from budgetlm.train.distributed import Dist, ddp_wrap, full_state_dicts
 from budgetlm.train.evaluate import heldout_sums, loss_metrics
 from budgetlm.train.metrics import MetricsLog
 from budgetlm.train.state import TrainState
-from budgetlm.train.work import step_work
 
 
 def compile_model(model: torch.nn.Module) -> Callable[..., Any]:

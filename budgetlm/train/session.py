@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from budgetlm.api import Method
 from budgetlm.budget.clock import Budget, Clock
 from budgetlm.budget.rst import CostTable, TableError
 from budgetlm.config import (
@@ -28,8 +29,8 @@ from budgetlm.config import (
     model_overrides,
 )
 from budgetlm.data import BatchStream, eval_batches, load_prepared, make_objective, prepare_dataset
+from budgetlm.errors import UserError
 from budgetlm.methods import RunContext, build_methods
-from budgetlm.methods.base import Method
 from budgetlm.models import ModelShape, build_model, get_shape
 from budgetlm.optim.factory import optimizer_from_config, optimizer_module
 from budgetlm.schedules import make_schedule
@@ -54,7 +55,7 @@ FAMILY_DEFAULTS = {
 }
 
 
-class RunExists(RuntimeError):
+class RunExists(UserError, RuntimeError):
     """The run directory already holds a run and no --resume was given."""
 
 
@@ -301,7 +302,7 @@ def open_run(
 
 
 def _check_parallel(cfg: Config, dist: Dist) -> None:
-    from budgetlm.methods import parse_method_spec
+    from budgetlm.registry import parse_method_spec
 
     try:
         check_supported(dist, parse_method_spec(cfg.method), cfg.optim.name, cfg.train.batch_size)
@@ -322,7 +323,7 @@ def _rst_pricing(
 ) -> tuple[CostTable | None, Any]:
     """The RST cost function of this run: required for RST budgets, logged when covered."""
     from budgetlm.budget.clock import Work
-    from budgetlm.train.work import forward_pass
+    from budgetlm.budget.work import forward_pass
 
     try:
         table = CostTable.load(cfg.rst.table, tolerance=cfg.rst.tolerance)

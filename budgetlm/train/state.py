@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from budgetlm.api import Method
 from budgetlm.budget.clock import Clock
-from budgetlm.methods.base import Method
 from budgetlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from budgetlm.train.distributed import Dist
 

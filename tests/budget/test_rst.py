@@ -8,12 +8,12 @@ import pytest
 
 from budgetlm.budget.clock import Work
 from budgetlm.budget.rst import CostTable, Point, ShapeCosts, TableError
+from budgetlm.budget.work import forward_pass, train_pass
 from budgetlm.cli import main
 from budgetlm.config import load_config
 from budgetlm.models import get_shape
 from budgetlm.train.metrics import read_metrics
 from budgetlm.train.session import open_run
-from budgetlm.train.work import forward_pass, train_pass
 
 SHAPE = get_shape("gpt-tiny", n_layers=4)
 
@@ -150,7 +150,7 @@ def test_a_table_hashed_before_the_cost_model_loads_under_a_new_hash(tmp_path):
 
 
 def test_calibrate_keeps_a_refused_entry_and_measures_the_other_configs(tmp_path, monkeypatch):
-    import budgetlm.budget.calibrate as calibrate
+    import budgetlm.train.calibrate as calibrate
 
     entries = iter([synthetic_entry(noise={("train", 4, 3): 0.1}), synthetic_entry(c=0.002)])
     monkeypatch.setattr(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from budgetlm.compare.experiment import Cell, Experiment, experiment_from_dict
+from budgetlm.compare.run.experiment import Cell, Experiment, experiment_from_dict
 
 GPT_BASE = {
     "model": {"preset": "gpt-tiny"},

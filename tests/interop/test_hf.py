@@ -106,7 +106,7 @@ def test_minilm_imports_as_a_backbone():
 
 def test_finetuned_minilm_beats_the_majority_class_on_rotten_tomatoes(tmp_path):
     """A real pre-trained model on real data: about 75 steps of fine-tuning on CPU."""
-    from budgetlm.finetune.loop import Protocol
+    from budgetlm.finetune.protocol import Protocol
     from budgetlm.finetune.run import finetune_run
 
     protocol = Protocol(

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from budgetlm.methods.base import Method
+from budgetlm.api import Method
 from budgetlm.models import build_model, get_shape
 from budgetlm.train.metrics import read_metrics
 from budgetlm.train.session import open_run

@@ -137,7 +137,7 @@ def test_staged_options_are_validated(tmp_path):
 
 
 def test_grow_command_grows_a_checkpoint_that_resumes(tmp_path, capsys):
-    from budgetlm.growth_cli import register
+    from budgetlm.cli.grow import register
     from budgetlm.train.session import evaluate_checkpoint
 
     args = ["budget=8steps", "train.eval_every=0", "model.positions=learned"]

@@ -155,7 +155,7 @@ def test_drop_schedule_follows_progress_and_eval_uses_every_layer(tmp_path):
 
 
 def test_gamma_default_depends_on_family(tmp_path):
-    from budgetlm.methods import RunContext
+    from budgetlm.api import RunContext
     from budgetlm.methods.layer_dropping import LayerDrop
 
     for family, gamma in (("bert", 100.0), ("t5", 20.0), ("gpt", 20.0)):

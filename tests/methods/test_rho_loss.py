@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from budgetlm.api import Method, StepPlan
+from budgetlm.budget.work import forward_pass
+from budgetlm.cli.rho import register
 from budgetlm.config import ConfigError
-from budgetlm.methods.base import Method, StepPlan
 from budgetlm.methods.rho_loss import (
     TABLE_TENSORS,
     HoldoutTraining,
@@ -21,9 +23,8 @@ from budgetlm.methods.rho_loss import (
     split_ids,
 )
 from budgetlm.methods.selective_backprop import forward_losses
-from budgetlm.rho_cli import prepare_il_table, register, score_examples
+from budgetlm.train.irreducible import prepare_il_table, score_examples
 from budgetlm.train.session import open_run
-from budgetlm.train.work import forward_pass
 
 from ..train.helpers import tiny_config
 

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
+from budgetlm.api import Method
+from budgetlm.budget.work import forward_pass
 from budgetlm.config import ConfigError
-from budgetlm.methods.base import Method
 from budgetlm.methods.selective_backprop import (
     LossHistory,
     SelectiveBackprop,
@@ -18,7 +19,6 @@ from budgetlm.methods.selective_backprop import (
     select,
 )
 from budgetlm.train.session import open_run
-from budgetlm.train.work import forward_pass
 
 from ..train.helpers import tiny_config
 

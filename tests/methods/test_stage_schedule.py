@@ -116,7 +116,7 @@ def _fake_run(path, shape, n_c=1e9, a_n=0.25, s_c=1e6, a_s=0.4, steps=60):
 
 
 def _parser():
-    from budgetlm.scaling_cli import register
+    from budgetlm.cli.scaling import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

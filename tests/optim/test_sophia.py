@@ -4,11 +4,11 @@ Hessian refresh schedule and its charge, every family, and bit-exact resume befo
 import pytest
 import torch
 
+from budgetlm.budget.work import train_pass
 from budgetlm.config import ConfigError
 from budgetlm.optim import build_optimizer
 from budgetlm.optim.sophia import SophiaG, SophiaHessian, sampled_label_loss
 from budgetlm.train.session import open_run
-from budgetlm.train.work import train_pass
 
 from ..train.helpers import tiny_config
 

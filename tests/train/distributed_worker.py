@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from budgetlm.api import Method
 from budgetlm.config import load_config
-from budgetlm.methods.base import Method
 from budgetlm.train.session import open_run
 
 

@@ -204,7 +204,7 @@ def test_selection_methods_on_two_ddp_ranks_match_one_rank(method, tmp_path):
     extra = [f"method={method}", "budget=6steps"]
     if method == "rho_loss":
         from budgetlm.config import load_config
-        from budgetlm.rho_cli import prepare_il_table
+        from budgetlm.train.irreducible import prepare_il_table
 
         table = tmp_path / "il"
         extra += [f"methods.rho_loss.table={table}", "methods.rho_loss.il.budget=2steps"]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from budgetlm.methods.base import Method
+from budgetlm.api import Method
 from budgetlm.train.metrics import read_metrics
 from budgetlm.train.session import open_run
 

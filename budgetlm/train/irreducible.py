@@ -1,4 +1,4 @@
-"""`budgetlm rho prepare CONFIG [overrides]`: train the irreducible-loss model, write its table.
+"""Train RHO-loss's irreducible-loss (IL) model and write its table (`budgetlm rho prepare`).
 
 Given the config a RHO-loss run will train with, this
 1. derives the IL run's config (the same, without methods, plus `methods.rho_loss.il.*`
@@ -14,15 +14,11 @@ Given the config a RHO-loss run will train with, this
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Heavy imports (torch, the method) happen inside the functions: `register` runs whenever the
-# `budgetlm` parser is built, and `budgetlm --help` should stay instant.
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -31,7 +27,6 @@ if TYPE_CHECKING:
     from budgetlm.methods.rho_loss import RhoLoss
 
 _SCORE_STREAM = 0x494C_5343  # seeds of the fixed masks IL losses are scored under
-EXIT_INTERRUPTED = 130
 
 
 class ILRunStopped(RuntimeError):
@@ -199,56 +194,3 @@ def prepare_il_table(cfg: Config, *, progress: bool = True, force: bool = False)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return write_il_table(directory, il_loss, meta)
-
-
-# -- the command ----------------------------------------------------------------------------------
-def cmd_rho_prepare(args: argparse.Namespace) -> int:
-    from budgetlm.config import load_config
-    from budgetlm.methods.rho_loss import load_il_table
-
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:  # the config file is optional
-        config, overrides = None, [config, *overrides]
-    cfg = load_config(config, overrides)
-    if args.quiet:
-        cfg.train.progress_bar = False
-    try:
-        directory = prepare_il_table(cfg, progress=not args.quiet, force=args.force)
-    except ILRunStopped as e:
-        print(f"budgetlm rho prepare: {e}; run it again to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    table = load_il_table(directory)
-    cost = table.meta["il_cost"]
-    print(f"irreducible-loss table: {directory}")
-    print(
-        f"IL model: {cost['train_steps']} steps, held-out loss {table.meta.get('il_val_loss')}, "
-        f"{cost['total_flops']:.3g} FLOPs with scoring (not charged to RHO-loss runs)"
-    )
-    print(
-        f"examples scored: {table.meta['holdout']['n_train']} "
-        f"(held out for the IL model: {table.meta['holdout']['n_held_out']})"
-    )
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add `rho prepare` to the `budgetlm` command's subparsers."""
-    p = subparsers.add_parser(
-        "rho",
-        help="RHO-loss: train the irreducible-loss model and write its table",
-        description="Tools for method=rho_loss.",
-    )
-    sub = p.add_subparsers(dest="rho_command", required=True, metavar="SUBCOMMAND")
-    q = sub.add_parser(
-        "prepare",
-        help="train the IL model on the hold-out split and score every training example",
-        description="Give the config (and overrides) of the RHO-loss run. The IL model trains "
-        "with that config (methods.rho_loss.il.* overrides it) on the hold-out split "
-        "(methods.rho_loss.holdout_fraction of the training windows, by a hash of their id); "
-        "its table goes to methods.rho_loss.table or <run.out_dir>/rho/il-<key>/.",
-    )
-    q.add_argument("config", nargs="?", help="YAML config of the RHO-loss run")
-    q.add_argument("overrides", nargs="*", help="key.sub=value settings applied after the file")
-    q.add_argument("--force", action="store_true", help="retrain the IL model even if up to date")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    q.set_defaults(func=cmd_rho_prepare)

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from budgetlm.budget.clock import Budget
-from budgetlm.compare.report import (
+from budgetlm.compare.report.build import (
     PURPOSES,
     ArmResult,
     Downstream,
@@ -17,7 +17,7 @@ from budgetlm.compare.report import (
     seed_band,
     summary_rows,
 )
-from budgetlm.compare.svg import Series, bar_chart, line_chart, palette, points_chart
+from budgetlm.compare.report.svg import Series, bar_chart, line_chart, palette, points_chart
 
 CHART_WIDTH = 530  # two charts side by side on the page
 VERDICT_CLASS = {

@@ -97,8 +97,8 @@ def calibrate_shape(
     retries: int = 3,
 ) -> ShapeCosts:
     """Measure forward and training passes over a grid, and each optimizer's step."""
+    from budgetlm.budget.work import stack_sizes
     from budgetlm.optim import build_optimizer
-    from budgetlm.train.work import stack_sizes
 
     shape = model.shape
     configs = layer_configs(stack_sizes(shape))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from budgetlm.budget.clock import Pass, Work
-from budgetlm.methods.base import StepPlan
 from budgetlm.models import ModelShape, forward_flops
 
 STACKS = {"gpt": ("decoder",), "bert": ("encoder",), "t5": ("encoder", "decoder")}
@@ -48,8 +50,18 @@ def forward_pass(
     return Pass("forward", batch_size, counts, flops, shape, purpose)
 
 
+class PlannedStep(Protocol):
+    """What the clock needs of a step's plan (budgetlm.api.StepPlan is one): declared here so
+    that the cost-accounting layer imports nothing above it."""
+
+    batch_size: int
+    micro_batches: int
+    active: dict[str, list[int]] | None
+    extra_passes: Sequence[Pass]
+
+
 def step_work(
-    shape: ModelShape, plan: StepPlan, tokens_per_example: int, optimizer: str | None = None
+    shape: ModelShape, plan: PlannedStep, tokens_per_example: int, optimizer: str | None = None
 ) -> Work:
     """The training passes of the plan (its batch in micro-batches) plus its extra passes."""
     micro = plan.batch_size // plan.micro_batches

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from budgetlm.compare.cell import ERROR_FILE, FINETUNE_ERROR
-from budgetlm.compare.experiment import Arm, Cell, Experiment
+from budgetlm.compare.run.cell import ERROR_FILE, FINETUNE_ERROR
+from budgetlm.compare.run.experiment import Arm, Cell, Experiment
 from budgetlm.finetune.store import read_results
 
 

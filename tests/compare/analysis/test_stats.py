@@ -1,4 +1,4 @@
-"""Tests for budgetlm.compare.stats: t distribution, Welch, bootstrap, Holm, arm verdicts."""
+"""Tests for compare.analysis.stats: t distribution, Welch, bootstrap, Holm, arm verdicts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from budgetlm.compare.stats import (
+from budgetlm.compare.analysis.stats import (
     Comparison,
     TestResult,
     bootstrap,

@@ -364,7 +364,7 @@ def _finetune(raw: Any, root: Path) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         raise ExperimentError("finetune: must be a mapping (suite, tasks, seeds, epochs, ...)")
     _check_keys(raw, FINETUNE_KEYS, "finetune.")
-    from budgetlm.finetune.loop import Protocol
+    from budgetlm.finetune.protocol import Protocol
     from budgetlm.finetune.suites import suite_tasks
     from budgetlm.finetune.tasks import TaskError
 

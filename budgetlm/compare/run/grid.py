@@ -30,7 +30,8 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from budgetlm.compare.cell import (
+from budgetlm.compare.analysis.results import judged_cells, read_cell
+from budgetlm.compare.run.cell import (
     CELL_CONFIG,
     ERROR_FILE,
     EXIT_INTERRUPTED,
@@ -38,8 +39,7 @@ from budgetlm.compare.cell import (
     FINETUNE_SPEC,
     write_error,
 )
-from budgetlm.compare.experiment import Cell, Experiment, ExperimentError
-from budgetlm.compare.results import judged_cells, read_cell
+from budgetlm.compare.run.experiment import Cell, Experiment, ExperimentError
 from budgetlm.config import RESUME_SAFE, Config, config_diff, dump_yaml
 
 LOCK_FILE = ".compare.lock"
@@ -286,7 +286,7 @@ class GridRunner:
             "PYTHONUNBUFFERED": "1",
         }
         process = subprocess.Popen(
-            [sys.executable, "-m", "budgetlm.compare.cell", str(run_dir)],
+            [sys.executable, "-m", "budgetlm.compare.run.cell", str(run_dir)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -19,9 +19,9 @@ import yaml
 from budgetlm.cli import main
 from budgetlm.train.checkpoint import complete_checkpoints
 
-from .html_check import check_html
+from ..html_check import check_html
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SMALL_GPT = {
     "model": {
         "preset": "gpt-tiny",
@@ -45,7 +45,7 @@ SMALL_GPT = {
 }
 
 
-FIXTURES = Path(__file__).resolve().parents[1] / "finetune" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "finetune" / "fixtures"
 # Every finished cell is fine-tuned on one small GLUE task (the committed fixture files).
 FINETUNE = {
     "suite": "glue",
@@ -139,7 +139,7 @@ def test_rerun_of_a_finished_grid_runs_nothing(finished_grid, capsys):
 
 
 def test_report_renders_in_headless_chromium(finished_grid, tmp_path):
-    from .browser import need_browser, png_pixels, render
+    from ..browser import need_browser, png_pixels, render
 
     need_browser()
     shot = tmp_path / "report.png"

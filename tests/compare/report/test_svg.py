@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from budgetlm.compare.svg import (
+from budgetlm.compare.report.svg import (
     Series,
     bar_chart,
     format_tick,
@@ -21,7 +21,7 @@ from budgetlm.compare.svg import (
     points_chart,
 )
 
-from .browser import need_browser, png_pixels, render
+from ..browser import need_browser, png_pixels, render
 
 NASTY = 'a<b & "c"'
 

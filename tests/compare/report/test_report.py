@@ -7,12 +7,12 @@ import statistics
 
 import pytest
 
-from budgetlm.compare.experiment import Cell
-from budgetlm.compare.report import build_report, write_report
-from budgetlm.compare.results import tuning
+from budgetlm.compare.analysis.results import tuning
+from budgetlm.compare.report.build import build_report, write_report
+from budgetlm.compare.run.experiment import Cell
 
-from .html_check import check_html
-from .planted import plant_cell, planted_experiment
+from ..html_check import check_html
+from ..planted import plant_cell, planted_experiment
 
 BASE = [3.00, 3.02, 2.98, 3.01]
 BETTER = [2.50, 2.52, 2.49, 2.51]

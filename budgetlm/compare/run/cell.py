@@ -1,4 +1,4 @@
-"""One grid cell in its own process: `python -m budgetlm.compare.cell CELL_DIR`.
+"""One grid cell in its own process: `python -m budgetlm.compare.run.cell CELL_DIR`.
 
 A cell is an ordinary run directory (train with the one loop, `--resume auto` semantics) plus
 `cell.yaml`, the config the grid wants there. The process
@@ -25,12 +25,13 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+from budgetlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+
 CELL_CONFIG = "cell.yaml"
 ERROR_FILE = "error.json"
 FINETUNE_SPEC = "cell-finetune.json"  # the experiment's `finetune:` section, when it has one
 FINETUNE_ERROR = "finetune-error.json"
 LOCK_FILE = ".lock"
-EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 1, 2, 130
 
 
 @contextlib.contextmanager
@@ -73,9 +74,9 @@ def write_error(
 
 
 def run_cell(cell_dir: Path) -> int:
-    from budgetlm.cli import user_errors
     from budgetlm.config import load_config
-    from budgetlm.methods import parse_method_spec
+    from budgetlm.errors import user_errors
+    from budgetlm.registry import parse_method_spec
     from budgetlm.train.session import finished_summary, open_run
 
     with file_lock(cell_dir / LOCK_FILE):
@@ -85,7 +86,7 @@ def run_cell(cell_dir: Path) -> int:
         (cell_dir / ERROR_FILE).unlink(missing_ok=True)
         try:
             if "rho_loss" in parse_method_spec(cfg.method):
-                from budgetlm.rho_cli import prepare_il_table
+                from budgetlm.train.irreducible import prepare_il_table
 
                 with file_lock(Path(cfg.run.out_dir) / "rho" / LOCK_FILE):
                     prepare_il_table(cfg, progress=False)
@@ -100,7 +101,7 @@ def run_cell(cell_dir: Path) -> int:
             user_error = isinstance(e, user_errors())
             write_error(cell_dir, e, user_error)
             print(f"cell failed: {type(e).__name__}: {e}", file=sys.stderr)
-            return EXIT_USER_ERROR if user_error else EXIT_FAILED
+            return EXIT_USAGE if user_error else EXIT_FAILED
         if summary["status"] != "finished":
             return EXIT_INTERRUPTED
         print(f"cell finished: held-out loss {summary['final_val_loss']}", file=sys.stderr)
@@ -117,7 +118,7 @@ def finetune_cell(cell_dir: Path) -> int:
     spec = json.loads(spec_path.read_text())
     if spec["suite"] in read_results(cell_dir):
         return 0
-    from budgetlm.finetune.loop import Protocol
+    from budgetlm.finetune.protocol import Protocol
     from budgetlm.finetune.run import finetune_run
 
     (cell_dir / FINETUNE_ERROR).unlink(missing_ok=True)
@@ -143,8 +144,8 @@ def finetune_cell(cell_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m budgetlm.compare.cell CELL_DIR", file=sys.stderr)
-        return EXIT_USER_ERROR
+        print("usage: python -m budgetlm.compare.run.cell CELL_DIR", file=sys.stderr)
+        return EXIT_USAGE
     _stop_when_orphaned()
     return run_cell(Path(args[0]))
 

@@ -1,4 +1,4 @@
-"""`budgetlm compare EXPERIMENT.yaml` and `budgetlm report DIR` (docs/compare.md)."""
+"""`budgetlm compare EXPERIMENT.yaml`: run arms x budgets x seeds, then report (docs/compare.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+from budgetlm.cli.common import EXIT_FAILED, EXIT_INTERRUPTED
 
 
 def register(subparsers: Any) -> None:
@@ -33,23 +33,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
 
-    p = subparsers.add_parser(
-        "report",
-        help="(re)write the report of a compare folder",
-        description="Read a compare folder's cells and write report.html (self-contained), "
-        "report.md, summary.csv and cells.csv into it. Works on an unfinished grid too.",
-    )
-    p.add_argument("dir", help="the folder `budgetlm compare` wrote")
-    p.set_defaults(func=cmd_report)
-
 
 def default_out(name: str) -> Path:
     return Path("runs") / f"compare-{name}"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from budgetlm.compare.experiment import load_experiment
-    from budgetlm.compare.grid import GridRunner
+    from budgetlm.compare.run.experiment import load_experiment
+    from budgetlm.compare.run.grid import GridRunner
 
     exp = load_experiment(args.experiment)
     out = Path(args.out) if args.out else default_out(exp.name)
@@ -71,7 +62,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopped; run the same command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
-    paths = _write(out)
+    paths = write_report_files(out)
     print(
         f"cells: {len(outcome.finished)} run now, {len(outcome.skipped)} already finished, "
         f"{len(outcome.failed)} failed, {len(outcome.interrupted)} interrupted"
@@ -82,12 +73,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if outcome.failed:
         print(f"{len(outcome.failed)} cells failed; the report lists their errors", file=sys.stderr)
-        return EXIT_CELLS_FAILED
+        return EXIT_FAILED
     return 0
 
 
-def _write(out: Path) -> dict[str, Path]:
-    from budgetlm.compare.report import build_report, write_report
+def write_report_files(out: Path) -> dict[str, Path]:
+    from budgetlm.compare.report.build import build_report, write_report
 
     return write_report(build_report(out))
 
@@ -107,10 +98,3 @@ def _print_plan(exp: Any) -> None:
     if later:
         print(f"  then  {later} cells: the other seeds of tuned arms at their chosen LR")
     print(f"{len(tuning) + len(untuned) + later} cells in all")
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    paths = _write(Path(args.dir))
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0

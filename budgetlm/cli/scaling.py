@@ -60,9 +60,9 @@ def _run_points(run_dir: Path, skip: float, bins: int) -> tuple[Any, list[tuple[
     import yaml
 
     from budgetlm.config import ConfigError
-    from budgetlm.methods import parse_method_spec
     from budgetlm.methods.stage_schedule import bin_curve, read_loss_curve
     from budgetlm.models import ModelShape
+    from budgetlm.registry import parse_method_spec
 
     meta_path = run_dir / "meta.json"
     if not meta_path.is_file():

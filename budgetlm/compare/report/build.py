@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm.budget.clock import Budget
-from budgetlm.compare import stats
-from budgetlm.compare.experiment import Cell, Experiment, experiment_from_dict
-from budgetlm.compare.grid import EXPERIMENT_FILE
-from budgetlm.compare.results import CellResult, Tuning, judged_cells, read_cell, tuning
+from budgetlm.compare.analysis import stats
+from budgetlm.compare.analysis.results import CellResult, Tuning, judged_cells, read_cell, tuning
+from budgetlm.compare.run.experiment import Cell, Experiment, experiment_from_dict
+from budgetlm.compare.run.grid import EXPERIMENT_FILE
+from budgetlm.errors import UserError
 
 # The unit each budget's curves are drawn in, by budget unit, and the eval-record key holding it.
 CURVE_KEY = {
@@ -137,7 +138,7 @@ class Report:
         return next(r for r in self.results[budget] if r.arm == arm)
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """DIR is not a compare output folder."""
 
 
@@ -354,7 +355,7 @@ def _nanmean(values: list[float]) -> float:
 
 
 def write_report(report: Report) -> dict[str, Path]:
-    from budgetlm.compare.render import render_html, render_markdown
+    from budgetlm.compare.report.render import render_html, render_markdown
 
     out = report.out_dir
     paths = {

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from budgetlm.compare.experiment import Cell, ExperimentError, load_experiment
+from budgetlm.compare.run.experiment import Cell, ExperimentError, load_experiment
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def write(tmp_path: Path, raw: dict) -> Path:

@@ -1,4 +1,7 @@
-"""The plug-in interface of the one training loop.
+"""The plug-in contract of the one training loop: `Method`, `StepPlan`, `MethodState`, `RunContext`.
+
+Both `methods/` (and optimizers with a hook, such as Sophia's Hessian pass) and `train/` import
+this module, and it imports neither, so neither side closes a circle through the other.
 
 A method is a thin object whose hooks the loop calls at named events; the transformation itself
 lives in a pure function next to it (Composer style). A method never forks the loop. Events, in
@@ -21,21 +24,44 @@ the current ones and charges by `state.model.shape`. `state.data` is the run's B
 (`batch(step, start, stop)`), `state.device` and `state.autocast()` what to forward with.
 
 State that changes during training must come back from `state_dict()` (tensors allowed) so a
-resumed run continues bit-exactly.
+resumed run continues bit-exactly. `MethodState` spells out what of the trainer's state a method
+may read and replace; the loop's `TrainState` (budgetlm/train/state.py) satisfies it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import contextlib
+
     import torch
 
-    from budgetlm.budget.clock import Pass
+    from budgetlm.budget.clock import Clock, Pass
     from budgetlm.models import ModelOutput
-    from budgetlm.train.state import TrainState
+
+
+class MethodState(Protocol):
+    """What a method may touch of the training state (budgetlm/train/state.py:TrainState).
+
+    `model` and `optimizer` may be replaced (growth, stacking); the loop always uses the current
+    ones and charges by `model.shape`. `info` holds small facts that survive a resume. `data`,
+    `device`, `dist` and `autocast` are runtime handles: the run's BatchStream, where to
+    forward, this process's place in a data-parallel job, and the autocast context factory.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    clock: Clock
+    methods: list[Method]
+    step: int
+    info: dict[str, Any]
+    data: Any
+    device: torch.device
+    dist: Any
+    autocast: Callable[[], contextlib.AbstractContextManager]
 
 
 @dataclass
@@ -59,37 +85,37 @@ class Method:
 
     name: str = "method"
 
-    def on_start(self, state: TrainState) -> None:
+    def on_start(self, state: MethodState) -> None:
         pass
 
-    def plan_step(self, state: TrainState, plan: StepPlan) -> None:
+    def plan_step(self, state: MethodState, plan: StepPlan) -> None:
         pass
 
     def adjust_lr(
-        self, state: TrainState, p: float, lr: float, schedule: Callable[[float], float]
+        self, state: MethodState, p: float, lr: float, schedule: Callable[[float], float]
     ) -> float:
         return lr
 
     def before_batch(
-        self, state: TrainState, plan: StepPlan, batch: dict[str, torch.Tensor]
+        self, state: MethodState, plan: StepPlan, batch: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         return batch
 
     def after_forward(
-        self, state: TrainState, batch: dict[str, torch.Tensor], output: ModelOutput
+        self, state: MethodState, batch: dict[str, torch.Tensor], output: ModelOutput
     ) -> None:
         pass
 
-    def before_optimizer_step(self, state: TrainState) -> None:
+    def before_optimizer_step(self, state: MethodState) -> None:
         pass
 
-    def after_optimizer_step(self, state: TrainState) -> None:
+    def after_optimizer_step(self, state: MethodState) -> None:
         pass
 
-    def on_progress(self, state: TrainState, p: float) -> None:
+    def on_progress(self, state: MethodState, p: float) -> None:
         pass
 
-    def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None:
+    def on_eval(self, state: MethodState, metrics: dict[str, float]) -> None:
         pass
 
     def summary(self) -> dict[str, Any]:
@@ -103,3 +129,12 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may know about the run when it is built."""
+
+    shape: Any  # budgetlm.models.ModelShape
+    config: Any  # budgetlm.config.Config
+    run_dir: Any = None  # pathlib.Path

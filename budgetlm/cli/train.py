@@ -1,0 +1,122 @@
+"""`budgetlm train CONFIG [key=value ...]`: train one run until its budget is spent."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from budgetlm.cli.common import EXIT_INTERRUPTED, split_config_arg
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train one run under its budget",
+        description="Train a model under a budget. Overrides use dotted keys, "
+        "e.g. budget=300s optim.lr=1e-3 model.n_layers=6.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (optional: defaults train gpt-tiny)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value settings applied after the file")
+    p.add_argument(
+        "--resume",
+        metavar="auto|CHECKPOINT",
+        help="continue from the newest complete checkpoint of this run (auto) "
+        "or from a given checkpoint directory",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="checkpoint and stop after N steps of this session (resume later)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine through torchrun (docs/distributed.md)",
+    )
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc:
+        return _launch_torchrun(args)
+    from budgetlm.config import load_config
+    from budgetlm.train.session import finished_summary, open_run
+
+    config, overrides = split_config_arg(args.config, args.overrides)
+    cfg = load_config(config, overrides)
+    if args.quiet:
+        cfg.train.progress_bar = False
+    if args.resume == "auto" and (done := finished_summary(cfg)) is not None:
+        print(f"run already finished: {done['run_dir']}")
+        _print_result(done)
+        return 0
+    trainer = open_run(cfg, resume=args.resume)
+    main_rank = trainer.dist.is_main
+    if main_rank:
+        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    try:
+        summary = trainer.run(stop_after=args.stop_after)
+        # Every rank done before any tears its connections down: a rank that destroys its
+        # process group while another still finishes (rank 0 writes the summary) can abort the
+        # other's gloo threads at exit ("terminate called without an active exception").
+        trainer.dist.barrier()
+    finally:
+        if trainer.log is not None:
+            trainer.log.close()
+        if trainer.dist.active:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if not main_rank:
+        return EXIT_INTERRUPTED if summary["status"] == "interrupted" else 0
+    if summary["status"] == "interrupted":
+        print(
+            f"interrupted at step {summary['steps']}; checkpoint saved. Continue with: "
+            f"budgetlm train {' '.join(sys.argv[2:])} --resume auto",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    _print_result(summary)
+    return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """`budgetlm train --nproc N ...` = torchrun on this node with N processes, each running
+    the same `budgetlm train` without --nproc."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise SystemExit("--nproc must be at least 1")
+    rest = ["train", *([args.config] if args.config else []), *args.overrides]
+    if args.resume:
+        rest += ["--resume", args.resume]
+    if args.stop_after is not None:
+        rest += ["--stop-after", str(args.stop_after)]
+    if args.quiet:
+        rest.append("--quiet")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "budgetlm",
+        *rest,
+    ]
+    return subprocess.call(command)
+
+
+def _print_result(summary: dict) -> None:
+    loss = summary.get("final_val_loss")
+    print(f"run directory: {summary['run_dir']}")
+    print(
+        f"status: {summary['status']} after {summary['steps']} steps "
+        f"({summary['budget']['text']} budget, {summary['epochs']} epochs)"
+    )
+    if loss is not None:
+        print(f"final held-out loss: {loss:.4f}")

@@ -1,0 +1,1 @@
+"""Analysing finished cells: reading their results, tuning choices and statistics."""

@@ -1,0 +1,51 @@
+"""The names of the efficient-training methods and where each is implemented.
+
+A light module (no torch, nothing of `methods/` imported): the config validates a `method=`
+string here without importing the methods, and `methods.build_methods` imports only the
+modules a run names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from budgetlm.api import Method
+
+# name -> "module:Class". A Method class has `name`, an `Options` dataclass and
+# `from_options(options, context)`; `incompatible` lists methods it must not be combined with.
+METHODS: dict[str, str] = {
+    "layer_stacking": "budgetlm.methods.layer_stacking:LayerStacking",
+    "layer_drop": "budgetlm.methods.layer_dropping:LayerDrop",
+    "staged": "budgetlm.methods.growth:StagedGrowth",
+    "selective_backprop": "budgetlm.methods.selective_backprop:SelectiveBackprop",
+    "rho_loss": "budgetlm.methods.rho_loss:RhoLoss",
+}
+
+
+def parse_method_spec(spec: str | None) -> list[str]:
+    """'layer_drop+selective_backprop' -> ['layer_drop', 'selective_backprop'] ('none' -> [])."""
+    if spec is None or spec.strip() in ("", "none", "baseline"):
+        return []
+    names = [n.strip() for n in spec.split("+")]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method {spec!r} names a method twice")
+    for name in names:
+        if name not in METHODS:
+            close = difflib.get_close_matches(name, list(METHODS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown method {name!r}{hint} (known: {sorted(METHODS)})")
+    return names
+
+
+def method_class(name: str) -> type[Method]:
+    """The class implementing a registered method (imports its module)."""
+    module, _, cls = METHODS[name].partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise ValueError(f"method {name!r} is not implemented yet") from e
+        raise
