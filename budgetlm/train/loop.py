@@ -1,4 +1,4 @@
-"""The one training loop. Methods plug into its events (see budgetlm/methods/base.py).
+"""The one training loop. Methods plug into its events (the contract: budgetlm/api.py).
 
 Per optimizer step:
   1. plan     methods edit a StepPlan (active layers, extra passes); the plan becomes `Work`,
@@ -77,6 +77,30 @@ def _next_point(progress: float, every: float) -> float:
     if every <= 0:
         return math.inf
     return (math.floor(progress / every + 1e-9) + 1) * every
+
+
+@dataclass
+class _StepResult:
+    loss: torch.Tensor  # on the device: read (a host sync) only on log steps
+    grad_norm: torch.Tensor | None
+    lr: float
+    tokens: int
+
+
+@dataclass
+class _Cadence:
+    """When the loop next evaluates and checkpoints (progress points), and the throughput window."""
+
+    next_eval: float
+    next_checkpoint: float
+    window_steps: int = 0
+    window_start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def at(cls, progress: float, cfg: TrainConfig) -> _Cadence:
+        return cls(
+            _next_point(progress, cfg.eval_every), _next_point(progress, cfg.checkpoint_every)
+        )
 
 
 @dataclass
@@ -220,115 +244,120 @@ class Trainer:
 
         Returns the summary, also written to summary.json when the budget is spent.
         """
-        state, clock, cfg = self.state, self.state.clock, self.cfg
-        budget = clock.budget
-        micro = cfg.micro_batch_size or cfg.batch_size // self.dist.world
-        for m in state.methods:
-            m.on_start(state)
-        if state.step == 0 and cfg.eval_every > 0:
+        state, clock = self.state, self.state.clock
+        self._start()
+        cadence = _Cadence.at(clock.progress, self.cfg)
+        steps_this_session, status = 0, "running"
+        with self._progress_bar() as bar, _StopSignals() as signals:
+            while not clock.done:
+                step = self._one_step(signals)
+                steps_this_session += 1
+                self._observe(step, cadence, bar)
+                stop_now = signals.requested or (
+                    stop_after is not None and steps_this_session >= stop_after
+                )
+                if clock.progress >= cadence.next_checkpoint or clock.done or stop_now:
+                    state.info["last_eval"] = {k: self._last.get(k) for k in ("val_loss", "step")}
+                    self.save()
+                    cadence.next_checkpoint = _next_point(clock.progress, self.cfg.checkpoint_every)
+                if stop_now and not clock.done:
+                    status = "interrupted" if signals.requested else "stopped"
+                    break
+        if clock.done:
+            status = "finished"
+        return self._summary(status)
+
+    def _start(self) -> None:
+        """Methods' start event, and the held-out loss before the first step."""
+        for m in self.state.methods:
+            m.on_start(self.state)
+        if self.state.step == 0 and self.cfg.eval_every > 0:
             self._record("eval", **self.evaluate())
-        next_eval = _next_point(clock.progress, cfg.eval_every)
-        next_ckpt = _next_point(clock.progress, cfg.checkpoint_every)
-        steps_this_session = 0
-        window_steps, window_start = 0, time.perf_counter()
-        sync = self.device.type == "cuda" and budget.unit == "seconds"
-        bar = tqdm(
+
+    def _progress_bar(self) -> tqdm:
+        budget = self.state.clock.budget
+        return tqdm(
             total=100.0,
-            initial=round(100 * clock.progress, 2),
+            initial=round(100 * self.state.clock.progress, 2),
             unit="%",
             # None: off when not a terminal; only rank 0 shows progress.
-            disable=None if cfg.progress_bar and self.dist.is_main else True,
+            disable=None if self.cfg.progress_bar and self.dist.is_main else True,
             dynamic_ncols=True,
             bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]",
             desc=f"budget {budget}",
         )
-        status = "running"
-        with _StopSignals() as signals:
-            while not clock.done:
-                plan = StepPlan(
-                    step=state.step,
-                    batch_size=cfg.batch_size,
-                    micro_batches=cfg.batch_size // micro,
-                )
-                clock.start_step()  # selection work done while planning counts as the step's
-                for m in state.methods:
-                    m.plan_step(state, plan)
-                work = step_work(
-                    state.model.shape, plan, self.tokens_per_example, self.optimizer_name
-                )
-                p, _ = clock.plan(work)
-                lr = self.schedule(p)
-                for m in state.methods:
-                    lr = m.adjust_lr(state, p, lr, self.schedule)
-                set_lr(state.optimizer, lr)
-                loss, grad_norm = self._train_step(plan)
-                if sync:
-                    torch.cuda.synchronize(self.device)
-                if self.dist.active:
-                    # Ranks must agree on wall time (wall budgets) and on stopping.
-                    wall, stop = self.dist.max(
-                        [clock.step_seconds(), float(signals.requested)],
-                        self.device,
-                    )
-                    signals.requested = bool(stop)
-                    clock.charge(work, wall_seconds=wall)
-                else:
-                    clock.charge(work)
-                state.step += 1
-                steps_this_session += 1
-                for m in state.methods:
-                    m.on_progress(state, clock.progress)
 
-                window_steps += 1
-                if state.step % cfg.log_every == 0 or clock.done:
-                    step_loss = float(loss)
-                    if not math.isfinite(step_loss):
-                        self._record("diverged", loss=step_loss, lr=lr)
-                        raise Diverged(
-                            f"loss is {step_loss} at step {state.step} (p={clock.progress:.3f}); "
-                            "lower optim.lr or raise optim.grad_clip"
-                        )
-                    elapsed = time.perf_counter() - window_start
-                    tokens_per_s = window_steps * work.tokens / max(elapsed, 1e-9)
-                    self._record(
-                        "train",
-                        loss=step_loss,
-                        lr=lr,
-                        grad_norm=None if grad_norm is None else float(grad_norm),
-                        tok_per_s=round(tokens_per_s, 1),
-                    )
-                    bar.set_postfix_str(
-                        f"loss {step_loss:.3f} lr {lr:.2e} left {budget.format(clock.left())}",
-                        refresh=False,
-                    )
-                    window_steps, window_start = 0, time.perf_counter()
-                bar.update(round(100 * clock.progress - bar.n, 4))
+    def _one_step(self, signals: _StopSignals) -> _StepResult:
+        """Plan, price, set the learning rate at the progress the step reaches, train, charge."""
+        state, clock, cfg = self.state, self.state.clock, self.cfg
+        micro = cfg.micro_batch_size or cfg.batch_size // self.dist.world
+        plan = StepPlan(
+            step=state.step, batch_size=cfg.batch_size, micro_batches=cfg.batch_size // micro
+        )
+        clock.start_step()  # selection work done while planning counts as the step's
+        for m in state.methods:
+            m.plan_step(state, plan)
+        work = step_work(state.model.shape, plan, self.tokens_per_example, self.optimizer_name)
+        p, _ = clock.plan(work)
+        lr = self.schedule(p)
+        for m in state.methods:
+            lr = m.adjust_lr(state, p, lr, self.schedule)
+        set_lr(state.optimizer, lr)
+        loss, grad_norm = self._train_step(plan)
+        if self.device.type == "cuda" and clock.budget.unit == "seconds":
+            torch.cuda.synchronize(self.device)  # a wall-clock budget must see the GPU's time
+        if self.dist.active:
+            # Ranks must agree on wall time (wall budgets) and on stopping.
+            wall, stop = self.dist.max(
+                [clock.step_seconds(), float(signals.requested)], self.device
+            )
+            signals.requested = bool(stop)
+            clock.charge(work, wall_seconds=wall)
+        else:
+            clock.charge(work)
+        state.step += 1
+        for m in state.methods:
+            m.on_progress(state, clock.progress)
+        return _StepResult(loss=loss, grad_norm=grad_norm, lr=lr, tokens=work.tokens)
 
-                if clock.progress >= next_eval or clock.done:
-                    if cfg.eval_every > 0 or clock.done:
-                        self._last.update(self._record("eval", **self.evaluate()))
-                        if cfg.progress_bar and self.dist.is_main:
-                            tqdm.write(
-                                f"step {state.step} p={clock.progress:.3f} "
-                                f"held-out loss {self._last['val_loss']:.4f} "
-                                f"(spent {budget.format(clock.spent[budget.unit])})",
-                                file=sys.stderr,
-                            )
-                    next_eval = _next_point(clock.progress, cfg.eval_every)
-                stop_now = signals.requested or (
-                    stop_after is not None and steps_this_session >= stop_after
+    def _observe(self, step: _StepResult, cadence: _Cadence, bar: tqdm) -> None:
+        """Log the training loss (read only on log steps), evaluate at progress points."""
+        state, clock, cfg = self.state, self.state.clock, self.cfg
+        budget = clock.budget
+        cadence.window_steps += 1
+        if state.step % cfg.log_every == 0 or clock.done:
+            step_loss = float(step.loss)
+            if not math.isfinite(step_loss):
+                self._record("diverged", loss=step_loss, lr=step.lr)
+                raise Diverged(
+                    f"loss is {step_loss} at step {state.step} (p={clock.progress:.3f}); "
+                    "lower optim.lr or raise optim.grad_clip"
                 )
-                if clock.progress >= next_ckpt or clock.done or stop_now:
-                    state.info["last_eval"] = {k: self._last.get(k) for k in ("val_loss", "step")}
-                    self.save()
-                    next_ckpt = _next_point(clock.progress, cfg.checkpoint_every)
-                if stop_now and not clock.done:
-                    status = "interrupted" if signals.requested else "stopped"
-                    break
-        bar.close()
-        if clock.done:
-            status = "finished"
-        return self._summary(status)
+            elapsed = time.perf_counter() - cadence.window_start
+            self._record(
+                "train",
+                loss=step_loss,
+                lr=step.lr,
+                grad_norm=None if step.grad_norm is None else float(step.grad_norm),
+                tok_per_s=round(cadence.window_steps * step.tokens / max(elapsed, 1e-9), 1),
+            )
+            bar.set_postfix_str(
+                f"loss {step_loss:.3f} lr {step.lr:.2e} left {budget.format(clock.left())}",
+                refresh=False,
+            )
+            cadence.window_steps, cadence.window_start = 0, time.perf_counter()
+        bar.update(round(100 * clock.progress - bar.n, 4))
+        if clock.progress >= cadence.next_eval or clock.done:
+            if cfg.eval_every > 0 or clock.done:
+                self._last.update(self._record("eval", **self.evaluate()))
+                if cfg.progress_bar and self.dist.is_main:
+                    tqdm.write(
+                        f"step {state.step} p={clock.progress:.3f} "
+                        f"held-out loss {self._last['val_loss']:.4f} "
+                        f"(spent {budget.format(clock.spent[budget.unit])})",
+                        file=sys.stderr,
+                    )
+            cadence.next_eval = _next_point(clock.progress, cfg.eval_every)
 
     def _summary(self, status: str) -> dict[str, Any]:
         clock = self.state.clock

@@ -138,7 +138,7 @@ def test_staged_options_are_validated(tmp_path):
 
 def test_grow_command_grows_a_checkpoint_that_resumes(tmp_path, capsys):
     from budgetlm.cli.grow import register
-    from budgetlm.train.session import evaluate_checkpoint
+    from budgetlm.train.saved_run import evaluate_checkpoint
 
     args = ["budget=8steps", "train.eval_every=0", "model.positions=learned"]
     cfg = tiny_config("bert", tmp_path / "run", *args)

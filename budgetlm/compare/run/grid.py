@@ -184,7 +184,7 @@ class GridRunner:
 
     def _prepare_data(self, cells: list[Cell]) -> None:
         """Tokenize each distinct dataset once, here, rather than in several cells at once."""
-        from budgetlm.train.session import resolve_data
+        from budgetlm.train.run_data import resolve_data
 
         seen: set[str] = set()
         for cell in cells:
