@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,10 +30,19 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class RunConfig:
-    name: str | None = None  # default: the config file's stem
+    """Where the run is written and its seed (weights init, data order, masks)."""
+
+    name: str | None = None
+    """the run's name; default: the config file's stem"""
     out_dir: str = "runs"
-    dir: str | None = None  # explicit run directory (default: out_dir/name-<config hash>)
+    """parent folder of run directories"""
+    dir: str | None = None
+    """explicit run directory; default: `out_dir/<name>-<config hash>`"""
     seed: int = 1
+    """seeds model initialisation, data order and per-example masks"""
+    tags: dict[str, str] = field(default_factory=dict)
+    """labels for experiment trackers (`budgetlm compare` sets `experiment`, `arm`, `budget`,
+    `seed` and, when tuning, `lr`); they change nothing trained (docs/tracking.md)"""
 
 
 @dataclass
@@ -40,57 +50,102 @@ class ModelConfig:
     """A shape preset (`budgetlm shapes` lists them) plus optional knob overrides."""
 
     preset: str = "gpt-tiny"
+    """a preset or Scale Efficiently variant (`budgetlm shapes` lists them); the family (GPT,
+    BERT, T5) follows from it"""
     n_layers: int | None = None
+    """blocks (T5: encoder blocks); default: the preset's"""
     n_decoder_layers: int | None = None
+    """T5 decoder blocks; default: the preset's"""
     d_model: int | None = None
+    """hidden width; default: the preset's"""
     n_heads: int | None = None
+    """attention heads; default: the preset's"""
     d_kv: int | None = None
+    """width of one attention head; default: the preset's"""
     d_ff: int | None = None
+    """feed-forward width; default: the preset's"""
     activation: str | None = None
+    """`gelu`, `relu`, `gated-gelu` or `swiglu`; default: the preset's"""
     seq_len: int | None = None
+    """sequence length (T5: encoder input length; the target length follows from the
+    objective); default: the preset's"""
     positions: str | None = None
+    """`learned`, `rotary` (GPT), `sinusoidal` (BERT) or `relative` (T5); default: the preset's"""
     tie_embeddings: bool | None = None
+    """share the input embedding and the output head; default: the preset's"""
     dropout: float | None = None
+    """dropout probability; default: the preset's (0 in all presets)"""
 
 
 @dataclass
 class DataConfig:
-    corpus: str = "fixture"  # fixture | bundled | PATH(.txt/.jsonl/dir) | hf:NAME[:CONFIG]
-    path: str | None = None  # an already prepared dataset directory (skips preparing)
-    tokenizer: str | None = None  # bpe | wordpiece | unigram | gpt2 (default: by model family)
-    vocab_size: int | None = None  # default: the preset's vocabulary size
+    """The corpus, its tokenizer and the training objective (docs/data.md)."""
+
+    corpus: str = "fixture"
+    """`fixture`, `bundled`, a local `.txt`/`.jsonl` file or directory, or `hf:NAME[:CONFIG]`"""
+    path: str | None = None
+    """an already prepared dataset directory (skips preparing)"""
+    tokenizer: str | None = None
+    """`bpe`, `wordpiece`, `unigram` or `gpt2`; default: by model family"""
+    vocab_size: int | None = None
+    """tokenizer vocabulary size; default: the preset's"""
     val_fraction: float = 0.02
-    max_bytes: int | None = None  # read at most this much text (quick runs)
-    objective: str | None = None  # causal_lm | mlm | span_corruption (default: by family)
+    """share of documents held out for evaluation (chosen by a hash of the text)"""
+    max_bytes: int | None = None
+    """read at most this much text (quick runs); default: all of it"""
+    objective: str | None = None
+    """`causal_lm`, `mlm` or `span_corruption`; default: by model family"""
     mask_prob: float = 0.15
+    """MLM: fraction of tokens masked (80% [MASK], 10% random, 10% kept)"""
     noise_density: float = 0.15
+    """span corruption: fraction of tokens corrupted"""
     mean_span: float = 3.0
+    """span corruption: mean noise-span length"""
     text_field: str = "text"
+    """JSONL / Hugging Face field holding the text"""
     hf_split: str = "train"
+    """Hugging Face split to read"""
     data_files: str | None = None
+    """Hugging Face `data_files` (local files with the `text`/`json` builders)"""
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | adamw_rms | lion | sophia | muon
+    """The optimizer (docs/optimizers.md); the learning rate follows `schedule`."""
+
+    name: str = "adamw"
+    """`adamw`, `adamw_rms` (nanoT5), `lion`, `sophia` or `muon`"""
     lr: float = 1e-3
-    betas: tuple[float, float] | None = None  # default: the optimizer's own (AdamW 0.9, 0.98)
-    eps: float | None = None  # default: the optimizer's own (AdamW 1e-8)
+    """the peak learning rate of the schedule"""
+    betas: tuple[float, float] | None = None
+    """Adam/Lion/Sophia betas; default: the optimizer's own (AdamW (0.9, 0.98), Lion
+    (0.9, 0.99), Sophia (0.965, 0.99))"""
+    eps: float | None = None
+    """epsilon; default: the optimizer's own (AdamW 1e-8)"""
     weight_decay: float = 0.01
-    grad_clip: float = 1.0  # 0 disables clipping
-    options: dict[str, Any] = field(default_factory=dict)  # optimizer-specific settings
+    """decoupled; applied to matrices and embeddings, never to biases or norms"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this; 0 disables clipping"""
+    options: dict[str, Any] = field(default_factory=dict)
+    """optimizer-specific settings (`optim.options.<key>`), checked by the optimizer"""
 
 
 @dataclass
 class ScheduleConfig:
     """A learning-rate schedule of budget progress; unset options keep the schedule's defaults."""
 
-    name: str = "warmup_linear"  # one_cycle | warmup_cosine | warmup_linear | wsd | constant
-    warmup: float | None = None  # fraction of the budget
-    final: float | None = None  # absolute learning rate at p = 1
-    start_factor: float | None = None  # warmup_cosine: warm-up starts at this fraction of peak
-    peak_at: float | None = None  # one_cycle: progress of the peak
-    decay: float | None = None  # wsd: fraction of the budget spent decaying
+    name: str = "warmup_linear"
+    """`one_cycle`, `warmup_cosine`, `warmup_linear`, `wsd` or `constant` (docs/budget.md)"""
+    warmup: float | None = None
+    """warm-up length, as a fraction of the budget"""
+    final: float | None = None
+    """absolute learning rate at p = 1"""
+    start_factor: float | None = None
+    """warmup_cosine: warm-up starts at this fraction of the peak"""
+    peak_at: float | None = None
+    """one_cycle: progress of the peak"""
+    decay: float | None = None
+    """wsd: fraction of the budget spent decaying"""
 
     def options(self) -> dict[str, float]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name" and v is not None}
@@ -98,39 +153,82 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
+    """Batch, device and precision, and when to log, evaluate and checkpoint."""
+
     batch_size: int = 32
-    micro_batch_size: int | None = None  # gradient accumulation when smaller than batch_size
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    """sequences per optimizer step (under torchrun: the global batch)"""
+    micro_batch_size: int | None = None
+    """gradient accumulation when smaller than batch_size; default: the whole batch"""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`"""
+    precision: str = "auto"
+    """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`"""
     compile: bool = False
-    threads: int | None = None  # CPU threads for torch
-    parallel: str = "auto"  # with torchrun: auto (= ddp) | ddp | fsdp (docs/distributed.md)
-    log_every: int = 10  # steps
-    eval_every: float = 0.25  # fraction of the budget; 0 = only at the end
+    """wrap the model in `torch.compile`"""
+    threads: int | None = None
+    """CPU threads for torch; default: torch's own choice"""
+    parallel: str = "auto"
+    """under torchrun: `auto` (= `ddp`), `ddp` or `fsdp` (docs/distributed.md)"""
+    log_every: int = 10
+    """log the training loss every this many steps"""
+    eval_every: float = 0.25
+    """evaluate at every multiple of this fraction of the budget; 0 = only at the end"""
     eval_batches: int = 8
+    """held-out batches per evaluation"""
     eval_batch_size: int | None = None
-    eval_seed: int = 1234  # fixed masks for held-out loss, the same for every run
-    checkpoint_every: float = 0.25  # fraction of the budget; 0 = only at the end
+    """sequences per held-out batch; default: the micro-batch size"""
+    eval_seed: int = 1234
+    """fixes the held-out masks, the same for every run"""
+    checkpoint_every: float = 0.25
+    """checkpoint at every multiple of this fraction of the budget; 0 = only at the end"""
     keep_checkpoints: int = 2
+    """newest complete checkpoints kept"""
     progress_bar: bool = True
-    tensorboard: bool = False
+    """show the progress bar (`--quiet` turns it off)"""
+    loggers: list[str] = field(default_factory=list)
+    """experiment trackers that also get the metrics: `tensorboard`, `wandb`, `mlflow`
+    (docs/tracking.md); metrics.jsonl is always written"""
+    wandb_project: str | None = None
+    """W&B project; default: `$WANDB_PROJECT`, else `budgetlm`"""
+    wandb_entity: str | None = None
+    """W&B entity (user or team); default: `$WANDB_ENTITY`, else your default entity"""
+    wandb_mode: str | None = None
+    """`online`, `offline` or `disabled`; default: `$WANDB_MODE`, else `online` when an API
+    key is configured and `offline` otherwise"""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI; default: `$MLFLOW_TRACKING_URI`, else `file:<run.out_dir>/mlruns`"""
+    mlflow_experiment: str | None = None
+    """MLflow experiment; default: a compare grid's name, else `$MLFLOW_EXPERIMENT_NAME`, else
+    `budgetlm`"""
 
 
 @dataclass
 class RSTConfig:
     """Reference-system time: the cost table that prices every pass (docs/rst.md)."""
 
-    table: str | None = None  # a table file; default: the shipped CPU reference table
-    fallback: str = "refuse"  # refuse | flops: price an uncovered shape from FLOPs (warned)
-    tolerance: float | None = None  # check the table at this tolerance (default: its own)
-    allow_table_change: bool = False  # resume under a different table than the checkpoint's
+    table: str | None = None
+    """a cost table file, or a shipped table's name (`cpu-reference`, `h100`); default: the
+    shipped CPU reference table"""
+    fallback: str = "refuse"
+    """`refuse`, or `flops`: price a shape the table does not cover from its FLOPs (recorded
+    as a warning in the run)"""
+    tolerance: float | None = None
+    """check the table at this tolerance (largest relative distance of a measured point from
+    the fit); default: the tolerance the table was written with"""
+    allow_table_change: bool = False
+    """resume under a different table than the checkpoint was made with"""
 
 
 @dataclass
 class Config:
+    """A run: its budget, its efficient-training methods and one section per concern."""
+
     budget: str = "200steps"
-    method: str = "none"  # efficient-training methods, combined with '+' (docs/methods.md)
-    methods: dict[str, Any] = field(default_factory=dict)  # methods.<name>.<option>
+    """what the run may spend (the formats are above; docs/budget.md)"""
+    method: str = "none"
+    """efficient-training methods, combined with `+` (e.g. `layer_drop+selective_backprop`)"""
+    methods: dict[str, Any] = field(default_factory=dict)
+    """per-method options, `methods.<name>.<option>`, checked by the method"""
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -145,8 +243,22 @@ class Config:
     def hash(self, exclude: tuple[str, ...] = ("run",)) -> str:
         """Content hash of the settings that change what is trained (run naming excluded)."""
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        for key in OBSERVATION_ONLY:  # watching a run differently is still the same run
+            section, name = key.split(".")
+            d.get(section, {}).pop(name, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
+
+# Settings that only choose where a run is observed (experiment trackers): not part of the config
+# hash, so turning a tracker on continues the same run directory.
+OBSERVATION_ONLY = {
+    "train.loggers",
+    "train.wandb_project",
+    "train.wandb_entity",
+    "train.wandb_mode",
+    "train.mlflow_uri",
+    "train.mlflow_experiment",
+}
 
 # Settings that may differ between an interrupted run and its resumption. rst.table may move:
 # the checkpoint stores the table's content hash, which is checked on resume.
@@ -155,7 +267,8 @@ RESUME_SAFE = {
     "rst.table",
     "rst.tolerance",
     "train.progress_bar",
-    "train.tensorboard",
+    *OBSERVATION_ONLY,
+    "train.tensorboard",  # replaced by train.loggers: run directories from before still resume
     "train.log_every",
     "train.threads",
     "train.keep_checkpoints",
@@ -201,11 +314,27 @@ def load_config(
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         _set_dotted(raw, key.strip(), _parse_scalar(value))
+    _upgrade_tensorboard_flag(raw)
     cfg = build_dataclass(Config, raw, "")
     if cfg.run.name is None and path is not None:
         cfg.run.name = Path(path).stem
     validate(cfg)
     return cfg
+
+
+def _upgrade_tensorboard_flag(raw: dict[str, Any]) -> None:
+    """`train.tensorboard: true` (configs before `train.loggers`, e.g. old run directories'
+    config.yaml) means `train.loggers: [tensorboard]`; `false` is dropped silently."""
+    train = raw.get("train")
+    if not isinstance(train, dict) or "tensorboard" not in train:
+        return
+    if train.pop("tensorboard") is True:
+        loggers = _to_list(train.get("loggers"), (str,), "train.loggers")
+        train["loggers"] = loggers if "tensorboard" in loggers else [*loggers, "tensorboard"]
+        print(
+            "warning: train.tensorboard is deprecated; use train.loggers=[tensorboard]",
+            file=sys.stderr,
+        )
 
 
 def _parse_scalar(text: str) -> Any:
@@ -248,61 +377,89 @@ def build_dataclass(cls: type, raw: Any, where: str) -> Any:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """`value` (from YAML or a key=value override) as the type `hint` of the field `key`."""
     if dataclasses.is_dataclass(hint):
         return build_dataclass(hint, value if value is not None else {}, key + ".")
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is dict:  # free-form options, validated by the plug-in that reads them
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return value
     if hint is Any:
         return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
-        return tuple(
-            _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False))
-        )
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-                if f.is_integer():
-                    return int(f)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if origin in _CONTAINERS:
+        return _CONTAINERS[origin](value, args, key)
+    if hint in _SCALARS:
+        return _SCALARS[hint](value, key)
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - programming error
+
+
+def _to_dict(value: Any, args: tuple, key: str) -> dict:
+    """Free-form options, validated by the plug-in that reads them."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping, got {value!r}")
+    return value
+
+
+def _to_tuple(value: Any, args: tuple, key: str) -> tuple:
+    if not isinstance(value, list | tuple) or len(value) != len(args):
+        raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+    return tuple(
+        _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+    )
+
+
+def _to_list(value: Any, args: tuple, key: str) -> list:
+    """A YAML list, or on the command line a comma-separated string (`a,b`, `[a,b]` or empty)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{key} must be a list, got {value!r}")
+    item = args[0] if args else Any
+    return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = _to_float(value, key, "an integer") if not isinstance(value, bool) else None
+    if number is not None and number.is_integer():
+        return int(number)
+    raise ConfigError(f"{key} must be an integer, got {value!r}")
+
+
+def _to_float(value: Any, key: str, expected: str = "a number") -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _to_str(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key} must be a string, got {value!r}")
+
+
+_CONTAINERS = {dict: _to_dict, tuple: _to_tuple, list: _to_list}
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 # -- cross-field validation ---------------------------------------------------------------------
@@ -332,7 +489,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"{key} must be one of {choices}, got {value!r}{_suggest(value, choices)}"
             )
-    from budgetlm.optim.factory import OPTIMIZERS
+    from budgetlm.registry import OPTIMIZERS
 
     if cfg.optim.name not in OPTIMIZERS:
         raise ConfigError(
@@ -361,6 +518,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.eval_every and train.checkpoint_every are fractions in [0, 1]")
     if not 0 < cfg.data.val_fraction < 1:
         raise ConfigError("data.val_fraction must be in (0, 1)")
+    _check_trackers(t)
     if cfg.optim.lr <= 0:
         raise ConfigError("optim.lr must be positive")
     from budgetlm.models import get_shape
@@ -390,3 +548,23 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _check_trackers(train: TrainConfig) -> None:
+    """Names and modes only: no tracker library is imported, so a config loads where a tracker
+    is not installed (e.g. to report on a run)."""
+    from budgetlm.registry import TRACKERS, WANDB_MODES
+
+    for name in train.loggers:
+        if name not in TRACKERS:
+            raise ConfigError(
+                f"train.loggers: unknown logger {name!r}, choose from {tuple(TRACKERS)}"
+                f"{_suggest(name, TRACKERS)}"
+            )
+    if len(set(train.loggers)) != len(train.loggers):
+        raise ConfigError(f"train.loggers: a logger is listed twice in {train.loggers}")
+    if train.wandb_mode is not None and train.wandb_mode not in WANDB_MODES:
+        raise ConfigError(
+            f"train.wandb_mode must be one of {WANDB_MODES}, got {train.wandb_mode!r}"
+            f"{_suggest(train.wandb_mode, WANDB_MODES)}"
+        )

@@ -1,14 +1,16 @@
-"""The names of the efficient-training methods and optimizers, and where each is implemented.
+"""The names of the efficient-training methods, optimizers and experiment trackers, and where
+each is implemented.
 
-A light module (no torch, nothing of `methods/` or `optim/` imported): the config validates a
-`method=` or `optim.name=` here without importing them, and the builders import only the modules
-a run names.
+A light module (no torch, nothing of `methods/`, `optim/` or `train/` imported): the config
+validates `method=`, `optim.name=` and `train.loggers=` here without importing them, and the
+builders import only the modules a run names.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,6 +35,25 @@ OPTIMIZERS: dict[str, str | None] = {
     "sophia": "budgetlm.optim.sophia",
     "muon": "budgetlm.optim.muon",
 }
+
+
+@dataclass(frozen=True)
+class TrackerSpec:
+    module: str  # budgetlm.train.tracking.<module>, imported only when the tracker is used
+    cls: str
+    library: str  # what must import for it to work
+    extra: str  # the pip extra that installs it
+
+
+# train.loggers names (docs/tracking.md); metrics.jsonl is always written besides.
+TRACKERS: dict[str, TrackerSpec] = {
+    "tensorboard": TrackerSpec(
+        "tensorboard_tracker", "TensorBoardTracker", "torch.utils.tensorboard", "tensorboard"
+    ),
+    "wandb": TrackerSpec("wandb_tracker", "WandbTracker", "wandb", "wandb"),
+    "mlflow": TrackerSpec("mlflow_tracker", "MlflowTracker", "mlflow", "mlflow"),
+}
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def parse_method_spec(spec: str | None) -> list[str]:

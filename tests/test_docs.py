@@ -25,6 +25,30 @@ def test_every_config_key_is_documented():
     assert set(_keys(Config())) <= documented, set(_keys(Config())) - documented
 
 
+def test_config_page_is_generated_from_the_code():
+    from budgetlm.config_docs import COMMAND, PAGE, render
+
+    assert PAGE == ROOT / "docs" / "config.md"
+    assert PAGE.read_text() == render(), f"docs/config.md is out of date: run `{COMMAND}`"
+
+
+def test_every_config_field_has_a_description():
+    from budgetlm.config_docs import undocumented
+
+    missing = undocumented()
+    assert not missing, f"add a docstring under these fields in budgetlm/config.py: {missing}"
+
+
+def test_field_docstrings_are_read_from_the_source():
+    from budgetlm.config import TrainConfig
+    from budgetlm.config_docs import field_docs
+
+    intro, docs = field_docs(TrainConfig)
+    assert intro.startswith("Batch, device and precision")
+    assert docs["batch_size"].startswith("sequences per optimizer step")
+    assert set(docs) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
 def test_every_command_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     commands = build_parser()._subparsers._group_actions[0].choices

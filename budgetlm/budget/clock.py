@@ -19,6 +19,17 @@ from typing import Any
 
 from budgetlm.errors import UserError
 
+# The budget strings `budget=...` accepts (Budget.parse below reads each example; a test checks
+# that every one parses), shown by `budgetlm train --help` and in docs/config.md.
+BUDGET_FORMATS = (
+    (("6h-rst", "90s-rst"), "reference-system time: seconds of the reference machine (rst.table)"),
+    (("2000steps",), "optimizer steps"),
+    (("5M tokens", "400k-tokens"), "training tokens (k, M, G or B, T multipliers)"),
+    (("1e15 flops", "2.5P flops"), "matmul FLOPs of every pass, forward and backward"),
+    (("300s", "20m", "6h"), "wall clock of this machine"),
+)
+
+
 UNITS = ("steps", "tokens", "flops", "seconds", "rst")
 # RST is measured in seconds of the reference machine; `seconds` is this machine's wall clock.
 

@@ -78,7 +78,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def write_report_files(out: Path) -> dict[str, Path]:
-    from budgetlm.compare.report.build import build_report, write_report
+    from budgetlm.compare.report.build import build_report
+    from budgetlm.compare.report.write import write_report
 
     return write_report(build_report(out))
 

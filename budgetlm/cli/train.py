@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
+from budgetlm.budget.clock import BUDGET_FORMATS
 from budgetlm.cli.common import EXIT_INTERRUPTED, split_config_arg
+
+
+def budget_epilog() -> str:
+    width = max(len(", ".join(examples)) for examples, _ in BUDGET_FORMATS)
+    rows = [f"  {', '.join(examples):<{width}}  {meaning}" for examples, meaning in BUDGET_FORMATS]
+    return "budgets (budget=..., quoted when it has a space):\n" + "\n".join(rows)
 
 
 def register(subparsers: Any) -> None:
@@ -14,7 +21,8 @@ def register(subparsers: Any) -> None:
         "train",
         help="train one run under its budget",
         description="Train a model under a budget. Overrides use dotted keys, "
-        "e.g. budget=300s optim.lr=1e-3 model.n_layers=6.",
+        "e.g. budget=300s optim.lr=1e-3 model.n_layers=6 (every key: docs/config.md).",
+        epilog=budget_epilog(),
     )
     p.add_argument("config", nargs="?", help="YAML config (optional: defaults train gpt-tiny)")
     p.add_argument("overrides", nargs="*", help="key.sub=value settings applied after the file")
@@ -57,7 +65,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = open_run(cfg, resume=args.resume)
     main_rank = trainer.dist.is_main
     if main_rank:
+        from budgetlm.train.plan_summary import format_plan, summarize_plan
+
         print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+        for line in format_plan(summarize_plan(trainer)):
+            print(line, file=sys.stderr)
     try:
         summary = trainer.run(stop_after=args.stop_after)
         # Every rank done before any tears its connections down: a rank that destroys its

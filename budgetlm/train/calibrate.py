@@ -308,6 +308,7 @@ def measure_loop_overhead(cfg: Any, entry: ShapeCosts, steps: int = 24) -> float
                 log_every=1,
                 progress_bar=False,
                 compile=False,  # the passes were timed eager; so is the loop around them
+                loggers=[],  # a timing run in a temporary folder: nothing for trackers
             ),
         )
         trainer = open_run(run_cfg, progress=False)

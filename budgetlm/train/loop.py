@@ -393,4 +393,6 @@ class Trainer:
             }
         if status == "finished" and self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.log is not None:  # every attempt's end, for the trackers
+            self.log.summary(summary)
         return summary

@@ -1,4 +1,5 @@
-"""metrics.jsonl: JSON lines, flushed as written, cut back to a checkpoint on resume."""
+"""metrics.jsonl: JSON lines, flushed as written, cut back to a checkpoint on resume; and the
+experiment trackers (train.loggers) that get the same records."""
 
 from __future__ import annotations
 
@@ -7,20 +8,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from budgetlm.train.tracking.base import Tracker
+from budgetlm.train.tracking.records import metrics_of, summary_of
+
 
 class MetricsLog:
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
+    """The run's log: metrics.jsonl always (other code reads it), then the trackers, if any."""
+
+    def __init__(self, path: Path, trackers: Tracker | None = None) -> None:
         self.path = path
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
-        self._tb = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # tensorboard is an optional extra
-                raise RuntimeError(
-                    "train.tensorboard=true needs TensorBoard: pip install 'budgetlm[tensorboard]'"
-                ) from e
-            self._tb = SummaryWriter(str(tensorboard_dir))
+        self.trackers = trackers
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {
@@ -29,16 +27,20 @@ class MetricsLog:
         }
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            step = record.get("step", 0)
-            for k, v in record.items():
-                if isinstance(v, int | float) and k != "step" and not isinstance(v, bool):
-                    self._tb.add_scalar(f"{record.get('event', 'train')}/{k}", v, step)
+        if self.trackers is not None:
+            self.trackers.log_metrics(metrics_of(record), int(record.get("step", 0)))
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        """The attempt's summary, for the trackers (summary.json is the trainer's to write)."""
+        if self.trackers is not None:
+            self.trackers.log_summary(summary_of(summary))
 
     def close(self) -> None:
+        """Close the file and end the trackers' runs; safe to call twice."""
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        trackers, self.trackers = self.trackers, None
+        if trackers is not None:
+            trackers.close()
 
 
 def truncate_after(path: Path, step: int) -> None:

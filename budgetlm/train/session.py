@@ -200,9 +200,11 @@ def _make_trainer(
     stream = train_stream(cfg, data)
     state.data = stream
     log = None
-    if rt.dist.is_main:
-        tensorboard = run_dir / "tensorboard" if cfg.train.tensorboard else None
-        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard)
+    if rt.dist.is_main:  # rank 0 alone logs, to metrics.jsonl and to the trackers
+        from budgetlm.train.tracking import open_trackers
+
+        trackers = open_trackers(cfg, run_dir, resumed_at=state.step)
+        log = MetricsLog(run_dir / "metrics.jsonl", trackers)
     return Trainer(
         state=state,
         stream=stream,

@@ -29,16 +29,45 @@ DEFAULT_CHROMIUM = "/usr/bin/chromium"
 DEFAULT_CHROMEDRIVER = "/usr/bin/chromedriver"
 WINDOW = (1280, 1600)
 
-# Per page: how many <svg> elements, the on-screen size of every chart series and the title.
+# Per page: how many <svg> elements, the on-screen size of every chart series, the title, and
+# what is wider than its box: each table against the box it sits in, and the whole document
+# against the window (a page that scrolls sideways hides columns).
 _PROBE = """
 const boxes = Array.from(document.querySelectorAll('g.series')).map((g) => {
   const r = g.getBoundingClientRect();
   return [r.width, r.height];
 });
+const tables = Array.from(document.querySelectorAll('table')).map((t) => {
+  const box = t.parentElement;
+  return {
+    header: Array.from(t.querySelectorAll('th')).map((th) => th.textContent),
+    table_width: t.scrollWidth,
+    box_scroll_width: box.scrollWidth,
+    box_client_width: box.clientWidth,
+    right: t.getBoundingClientRect().right,
+  };
+});
+// Chart text that sticks out of its chart (a legend wider than the figure is cut off).
+const clipped = [];
+for (const svg of document.querySelectorAll('svg')) {
+  const box = svg.getBoundingClientRect();
+  for (const t of svg.querySelectorAll('text')) {
+    const r = t.getBoundingClientRect();
+    if (r.left < box.left - 1 || r.right > box.right + 1 ||
+        r.top < box.top - 1 || r.bottom > box.bottom + 1) {
+      clipped.push(t.textContent);
+    }
+  }
+}
+const doc = document.documentElement;
 return {
   svg_count: document.querySelectorAll('svg').length,
   series_boxes: boxes,
   title: document.title,
+  tables: tables,
+  document_width: [doc.scrollWidth, doc.clientWidth],
+  window_width: window.innerWidth,
+  clipped_text: clipped,
 };
 """
 
@@ -150,11 +179,14 @@ def _full_page_png(driver: WebDriver) -> bytes:
 
 
 def render(path: Path, screenshot: Path | None = None) -> dict[str, Any]:
-    """Open ``path`` (file://) and return svg_count, series_boxes, errors and title.
+    """Open ``path`` (file://) and return svg_count, series_boxes, errors, title and layout.
 
     ``series_boxes`` holds ``[width, height]`` of every ``g.series`` as laid out on screen;
-    ``errors`` holds the browser console's SEVERE messages. With ``screenshot`` a PNG of
-    the full page is written there.
+    ``errors`` holds the browser console's SEVERE messages. ``tables`` holds per table its
+    header and widths (its own, its box's scrollWidth and clientWidth, its right edge);
+    ``document_width`` is the document's ``[scrollWidth, clientWidth]`` in a window
+    ``WINDOW[0]`` px wide; ``clipped_text`` lists SVG text drawn outside its ``<svg>``.
+    With ``screenshot`` a PNG of the full page is written there.
     """
     with headless_chromium() as driver:
         driver.get(Path(path).resolve().as_uri())

@@ -1,4 +1,5 @@
-"""Structural checks of a generated HTML page: balanced tags, and nothing loaded from outside."""
+"""Structural checks of a generated HTML page: balanced tags, and nothing loaded from outside;
+and the page's tables as text, to compare with planted values."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from html.parser import HTMLParser
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
 # SVG elements written self-closing (<path .../>) are reported by HTMLParser as start+end.
 URL_ATTRIBUTES = {"src", "href", "xlink:href", "action", "poster", "data", "srcset"}
+_OUTSIDE_URL = re.compile(r"url\(\s*(?!#)", re.I)
 
 
 class _Checker(HTMLParser):
@@ -26,10 +28,11 @@ class _Checker(HTMLParser):
         if "svg" not in self.stack:  # an SVG's own <title> is its accessible name, not the page's
             self.counts[tag] = self.counts.get(tag, 0) + 1
         for name, value in attrs:
-            if name in URL_ATTRIBUTES and value:
+            # "#id" and url(#id) point inside the page (an SVG's clip paths and markers).
+            if name in URL_ATTRIBUTES and value and not value.startswith("#"):
                 self.external.append(f"{tag} {name}={value}")
-            if name == "style" and value and "url(" in value:
-                self.external.append(f"{tag} style url()")
+            if value and _OUTSIDE_URL.search(value):
+                self.external.append(f"{tag} {name} url()")
         if tag in ("script", "iframe", "object", "embed"):
             self.external.append(f"<{tag}> element")
         if tag not in VOID:
@@ -69,3 +72,37 @@ def check_html(text: str) -> dict:
     if re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I):
         checker.external.append("a URL in the text")
     return {"errors": errors, "external": checker.external, "counts": checker.counts}
+
+
+class _Tables(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: list[list[list[str]]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+        elif tag == "span" and self.cell is not None and self.cell:
+            self.cell.append(" ")  # a cell's second line (<span class="sub">) reads as a space
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][-1].append("".join(self.cell).strip())
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def tables(text: str) -> list[list[list[str]]]:
+    """Every <table> of a page as rows of cell texts (header row first)."""
+    parser = _Tables()
+    parser.feed(text)
+    parser.close()
+    return parser.tables

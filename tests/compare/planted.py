@@ -34,8 +34,15 @@ def plant_cell(
     rst: float = 10.0,
     by_purpose: dict | None = None,
     error: str | None = None,
+    train_loss: float | None = None,
+    epochs: float = 0.1,
+    device: dict | None = None,
 ) -> Path:
-    """A finished cell with final held-out `loss` (or a failed one with `error`)."""
+    """A finished cell with final held-out `loss` (or a failed one with `error`).
+
+    Its metrics log has training records every 5 steps, the last one at `train_loss` (default:
+    `loss` - 0.1); summary.json says the run made `epochs` passes; meta.json records `device`.
+    """
     run_dir = out / "cells" / cell.id
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = exp.config_for(cell, out)
@@ -49,19 +56,73 @@ def plant_cell(
         {"event": "eval", "step": s, "p": s / steps, "rst_s": rst * s / steps, "val_loss": v}
         for s, v in ((0, 8.0), (steps // 2, (8.0 + loss) / 2), (steps, loss))
     ]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+    last_train = loss - 0.1 if train_loss is None else train_loss
+    train = [
+        {"event": "train", "step": s, "p": s / steps, "loss": last_train + (steps - s) / steps}
+        for s in range(5, steps + 1, 5)
+    ]
+    records = sorted(train + curve, key=lambda r: (r["step"], r["event"] == "eval"))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = {
         "status": "finished",
         "steps": steps,
-        "epochs": 0.1,
+        "epochs": epochs,
         "final_val_loss": loss,
         "spent": {"steps": steps, "tokens": 1e4, "flops": 1e9, "seconds": 2 * rst, "rst": rst},
         "spent_by_purpose": {"rst": by_purpose or {"training": 0.9 * rst, "optimizer": 0.1 * rst}},
         "warnings": [],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    meta = {
-        "attempts": [{"budgetlm": "test", "git": {"revision": "abc"}, "device": {"type": "cpu"}}]
+    device = device or {
+        "type": "cpu",
+        "cpu": "Planted CPU 9000",
+        "cpu_count": 8,
+        "torch_threads": 2,
     }
+    meta = {"attempts": [{"budgetlm": "test", "git": {"revision": "abc"}, "device": device}]}
     (run_dir / "meta.json").write_text(json.dumps(meta))
     return run_dir
+
+
+# A grid of four arms x four seeds at one budget: "good" is clearly better than the baseline,
+# "same" is not distinguishable, "sb" (selective backprop) is worse and lost its 4th seed.
+BASE = [3.00, 3.02, 2.98, 3.01]
+BETTER = [2.50, 2.52, 2.49, 2.51]
+SAME = [3.01, 2.99, 3.02, 2.97]
+WORSE = [3.51, 3.52, 3.53]
+# Each arm's last training-step loss is TRAIN[arm] + seed / 100, and it made EPOCHS[arm] passes.
+TRAIN = {"baseline": 2.75, "good": 2.30, "same": 2.80, "sb": 3.10}
+EPOCHS = {"baseline": 0.125, "good": 0.125, "same": 0.25, "sb": 0.0625}
+SB_SPENT = {"training": 6.0, "selection": 3.0, "optimizer": 1.0}
+
+
+def planted_grid(out: Path) -> Experiment:
+    exp = planted_experiment(
+        out,
+        {
+            "seeds": [1, 2, 3, 4],
+            "arms": [
+                {"name": "baseline"},
+                {"name": "good"},
+                {"name": "same"},
+                {"name": "sb", "method": "selective_backprop"},
+            ],
+        },
+    )
+    losses = {"baseline": BASE, "good": BETTER, "same": SAME, "sb": WORSE}
+    for arm, values in losses.items():
+        for seed in range(1, 5):
+            cell = Cell(arm, "20steps", seed)
+            if seed > len(values):
+                plant_cell(exp, out, cell, None, error="loss is nan at step 3")
+                continue
+            plant_cell(
+                exp,
+                out,
+                cell,
+                values[seed - 1],
+                train_loss=TRAIN[arm] + seed / 100,
+                epochs=EPOCHS[arm],
+                by_purpose=SB_SPENT if arm == "sb" else None,
+            )
+    return exp

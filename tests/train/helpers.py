@@ -30,7 +30,8 @@ SMALL = [
 ]
 
 
-def tiny_config(family: str, run_dir: Path, *overrides: str, small: bool = True) -> Config:
+def tiny_overrides(family: str, run_dir: Path, small: bool = True) -> list[str]:
+    """The key=value settings of a tiny run of `family` in `run_dir` on the fixture corpus."""
     base = [
         f"model.preset={PRESET[family]}",
         "data.corpus=fixture",
@@ -46,4 +47,8 @@ def tiny_config(family: str, run_dir: Path, *overrides: str, small: bool = True)
         base += SMALL
         if family == "t5":
             base += ["model.n_decoder_layers=2"]
-    return load_config(None, [*base, *OPTIM[family], *overrides])
+    return [*base, *OPTIM[family]]
+
+
+def tiny_config(family: str, run_dir: Path, *overrides: str, small: bool = True) -> Config:
+    return load_config(None, [*tiny_overrides(family, run_dir, small), *overrides])

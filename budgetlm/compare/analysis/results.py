@@ -28,6 +28,8 @@ class CellResult:
     curve: list[dict[str, Any]] = field(default_factory=list)  # the run's eval records
     meta: dict[str, Any] | None = None
     downstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # suite -> scores
+    # Loss of the last logged training step (metrics.jsonl): one batch, as the method saw it.
+    train_loss: float | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -48,12 +50,15 @@ def read_cell(cell: Cell, out_dir: Path, with_curve: bool = True) -> CellResult:
         if summary.get("status") == "finished":
             meta_path = run_dir / "meta.json"
             finetune_error = run_dir / FINETUNE_ERROR
+            records = _records(run_dir / "metrics.jsonl")
+            train = [r["loss"] for r in records if r.get("event") == "train" and "loss" in r]
             return CellResult(
                 cell,
                 "finished",
                 run_dir,
                 summary=summary,
-                curve=_eval_records(run_dir / "metrics.jsonl") if with_curve else [],
+                curve=[r for r in records if r.get("event") == "eval"] if with_curve else [],
+                train_loss=float(train[-1]) if train else None,
                 meta=json.loads(meta_path.read_text()) if meta_path.is_file() else None,
                 downstream=read_results(run_dir),
                 # Trained, but its fine-tuning failed: the loss counts, the report says why.
@@ -66,11 +71,10 @@ def read_cell(cell: Cell, out_dir: Path, with_curve: bool = True) -> CellResult:
     return CellResult(cell, "pending", run_dir)
 
 
-def _eval_records(path: Path) -> list[dict[str, Any]]:
+def _records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("event") == "eval"]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def last_progress(path: Path) -> float:

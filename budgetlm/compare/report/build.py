@@ -1,37 +1,28 @@
-"""The comparison report, built only from the cells' own files (`budgetlm report DIR`).
+"""The comparison report's data, built only from the cells' own files (`budgetlm report DIR`).
 
 `build_report` gathers what the grid produced: per budget and arm the final held-out losses
-over seeds, the statistics against the baseline, the curves and where the budget went.
-`write_report` renders it three ways: report.html (self-contained: inline CSS and SVG, no
-script, no URL), report.md, and two CSV files (summary.csv per arm and budget, cells.csv per
-run).
+over seeds, the statistics against the baseline, the curves and where the budget went. The
+renderings (html.py, markdown.py, the CSV tables) only format what is here; write.py writes
+them. Nothing here imports torch, so `budgetlm report` stays light.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import time
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from budgetlm.budget.clock import Budget
+import yaml
+
 from budgetlm.compare.analysis import stats
 from budgetlm.compare.analysis.results import CellResult, Tuning, judged_cells, read_cell, tuning
+from budgetlm.compare.run.cell import CELL_CONFIG
 from budgetlm.compare.run.experiment import Cell, Experiment, experiment_from_dict
 from budgetlm.compare.run.grid import EXPERIMENT_FILE
 from budgetlm.errors import UserError
 
-# The unit each budget's curves are drawn in, by budget unit, and the eval-record key holding it.
-CURVE_KEY = {
-    "rst": "rst_s",
-    "seconds": "wall_s",
-    "steps": "step",
-    "tokens": "tokens",
-    "flops": "flops",
-}
 PURPOSES = ("training", "selection", "hessian", "optimizer")
 
 
@@ -59,6 +50,18 @@ class ArmResult:
     @property
     def mean_std(self) -> tuple[float, float] | None:
         return stats.mean_std(self.losses) if self.losses else None
+
+    @property
+    def train_loss(self) -> tuple[float, float] | None:
+        """Mean and std over seeds of the last logged training-step loss."""
+        values = [c.train_loss for c in self.finished if c.train_loss is not None]
+        return stats.mean_std(values) if values else None
+
+    @property
+    def epochs(self) -> float | None:
+        """Mean passes over the training data that the budget bought."""
+        values = [c.summary["epochs"] for c in self.finished if c.summary.get("epochs") is not None]
+        return sum(values) / len(values) if values else None
 
     def mean_of(self, key: str) -> float | None:
         values = [c.summary["spent"][key] for c in self.finished if c.summary["spent"].get(key)]
@@ -132,10 +135,39 @@ class Report:
     failed: list[CellResult]
     missing: list[str]  # cells not finished yet (report of an unfinished grid)
     protocol: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
     def arm_result(self, budget: str, arm: str) -> ArmResult:
         return next(r for r in self.results[budget] if r.arm == arm)
+
+    @property
+    def updated(self) -> str | None:
+        """When the grid last ran (from experiment.json): the report shows this rather than
+        when it was written, so that two reports of the same results are byte-identical."""
+        return self.record.get("updated")
+
+    @property
+    def jobs(self) -> int | None:
+        """Cells that ran side by side (`--jobs` of the recorded command), if known."""
+        found = re.search(r"--jobs[= ](\d+)", self.record.get("command") or "")
+        return int(found.group(1)) if found else None
+
+    def devices(self, budget: str) -> list[dict[str, Any]]:
+        """The meta.json device record of every attempt of every finished run at `budget`."""
+        return [
+            attempt.get("device") or {}
+            for r in self.results[budget]
+            for c in r.finished
+            for attempt in (c.meta or {}).get("attempts", [])
+        ]
+
+
+def machine_name(device: dict[str, Any]) -> str:
+    """A meta.json device record in words: the GPU, or the CPU and its core count."""
+    if device.get("gpu"):
+        return f"{device['gpu']} GPU"
+    cpu = device.get("cpu") or device.get("type") or "unknown machine"
+    cores = device.get("cpu_count")
+    return f"{cpu} ({cores} cores)" if cores else str(cpu)
 
 
 class ReportError(UserError, ValueError):
@@ -151,6 +183,17 @@ def load_experiment_record(out_dir: Path) -> tuple[Experiment, dict[str, Any]]:
     raw["base"] = raw.get("base")
     exp = experiment_from_dict(raw, out_dir, source=record.get("source"))
     return exp, record
+
+
+def saved_config(cells: list[CellResult]) -> dict[str, Any]:
+    """The config the first of `cells` that has one was run with, as plain YAML: the grid's
+    copy (cell.yaml) or the run's own (config.yaml). Loading it as a Config would validate
+    it, which imports the model code and with it torch; the report needs neither."""
+    for c in cells:
+        for name in (CELL_CONFIG, "config.yaml"):
+            if (c.run_dir / name).is_file():
+                return yaml.safe_load((c.run_dir / name).read_text()) or {}
+    return {}
 
 
 def build_report(out_dir: str | Path) -> Report:
@@ -186,15 +229,15 @@ def build_report(out_dir: str | Path) -> Report:
                     missing.append(c.cell.id)
             if judged[arm.name, budget] is None:
                 missing.append(f"{arm.name}/{budget} (LR tuning unfinished)")
-            # What the arm trains with: its config at this budget (LR: the chosen one if tuned).
-            cfg = exp.config_for(Cell(arm.name, budget, exp.seeds[0], lr))
+            # What the arm trains with, as its runs saved it (LR: the chosen one if tuned).
+            optim = saved_config(cells).get("optim") or {}
             row.append(
                 ArmResult(
                     arm=arm.name,
                     budget=budget,
                     method=arm.method,
-                    optim=cfg.optim.name,
-                    lr=None if arm.tuned and lr is None else cfg.optim.lr,
+                    optim=optim.get("name") or arm.optim or "?",
+                    lr=optim.get("lr", lr),
                     tuned=arm.tuned,
                     cells=cells,
                 )
@@ -266,12 +309,9 @@ def _protocol(report: Report) -> dict[str, Any]:
             git = attempt.get("git") or {}
             rev = git.get("revision")
             revisions.add(f"{rev[:12]}{' (dirty)' if git.get('dirty') else ''}" if rev else "?")
-            device = attempt.get("device") or {}
-            machines.add(
-                f"{device.get('type', '?')} {device.get('name') or device.get('cpu', '')}".strip()
-            )
-    cell = exp.final_cells(exp.arms[0], exp.budgets[0], None)[0]
-    table_name = exp.config_for(cell).rst.table
+            machines.add(machine_name(attempt.get("device") or {}))
+    cells = [c for row in report.results.values() for r in row for c in r.cells]
+    table_name = (saved_config(cells).get("rst") or {}).get("table")
     table = None
     try:
         table = CostTable.load(table_name)
@@ -296,287 +336,3 @@ def _protocol(report: Report) -> dict[str, Any]:
         "command": report.record.get("command"),
         "base_config": str(exp.base) if exp.base else None,
     }
-
-
-# -- curves -------------------------------------------------------------------------------------
-
-
-def curve_unit(budget: str) -> tuple[str, str]:
-    """The eval-record key that measures a budget's spending, and its axis label."""
-    unit = Budget.parse(budget).unit
-    label = {
-        "rst": "reference-system seconds spent",
-        "seconds": "wall seconds spent",
-        "steps": "optimizer steps",
-        "tokens": "tokens",
-        "flops": "FLOPs",
-    }[unit]
-    return CURVE_KEY[unit], label
-
-
-def seed_band(
-    cells: list[CellResult], key: str
-) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Held-out loss curves of the seeds on the x of the first seed: mean, min and max.
-
-    Evaluations happen at the same budget fractions in every seed, but spending per step
-    differs slightly, so the other seeds are interpolated onto the first seed's x."""
-    curves = []
-    for c in cells:
-        pts = [(r.get(key), r.get("val_loss")) for r in c.curve]
-        pts = [(float(x), float(y)) for x, y in pts if x is not None and y is not None]
-        if pts:
-            curves.append(sorted(pts))
-    if not curves:
-        return [], [], [], []
-    xs = [x for x, _ in curves[0]]
-    rows = [[_interp(curve, x) for curve in curves] for x in xs]
-    mean = [_nanmean(r) for r in rows]
-    lo = [min((v for v in r if not math.isnan(v)), default=math.nan) for r in rows]
-    hi = [max((v for v in r if not math.isnan(v)), default=math.nan) for r in rows]
-    return xs, mean, lo, hi
-
-
-def _interp(curve: list[tuple[float, float]], x: float) -> float:
-    if x < curve[0][0] or x > curve[-1][0]:
-        return math.nan
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return curve[-1][1]
-
-
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
-
-
-# -- writing ------------------------------------------------------------------------------------
-
-
-def write_report(report: Report) -> dict[str, Path]:
-    from budgetlm.compare.report.render import render_html, render_markdown
-
-    out = report.out_dir
-    paths = {
-        "html": out / "report.html",
-        "markdown": out / "report.md",
-        "summary_csv": out / "summary.csv",
-        "cells_csv": out / "cells.csv",
-    }
-    paths["html"].write_text(render_html(report))
-    paths["markdown"].write_text(render_markdown(report))
-    _write_summary_csv(report, paths["summary_csv"])
-    _write_cells_csv(report, paths["cells_csv"])
-    if any(report.downstream.values()):
-        paths["downstream_csv"] = out / "downstream.csv"
-        _write_downstream_csv(report, paths["downstream_csv"])
-    return paths
-
-
-DOWNSTREAM_COLUMNS = (
-    "budget",
-    "suite",
-    "arm",
-    "n",
-    "average_mean",
-    "average_std",
-    "diff_vs_baseline",
-    "ci_low",
-    "ci_high",
-    "p_adjusted",
-    "verdict",
-    "task",
-    "task_mean",
-)
-
-
-@dataclass
-class DownstreamRow:
-    """One arm's fine-tuning scores at one budget on one suite, over its pre-training seeds."""
-
-    arm: str
-    n: int
-    mean: float
-    std: float
-    comparison: stats.Comparison | None
-    verdict: str | None
-    task_means: dict[str, float | None]
-
-
-def downstream_table(report: Report, budget: str, d: Downstream) -> list[DownstreamRow]:
-    """The rows both the page and downstream.csv show (arms without scores are left out)."""
-    rows = []
-    for r in report.results[budget]:
-        values = r.downstream(d.suite)
-        if not values:
-            continue
-        mean, std = stats.mean_std(values)
-        c = d.comparisons.get(r.arm)
-        verdict = "baseline" if r.arm == report.exp.baseline else (c.verdict if c else None)
-        task_means = {}
-        for task in d.tasks:
-            scores = r.downstream(d.suite, task)
-            task_means[task] = sum(scores) / len(scores) if scores else None
-        rows.append(DownstreamRow(r.arm, len(values), mean, std, c, verdict, task_means))
-    return rows
-
-
-def _write_downstream_csv(report: Report, path: Path) -> None:
-    """One row per (budget, suite, arm, task): the arm's statistics repeat on its task rows."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=DOWNSTREAM_COLUMNS)
-        writer.writeheader()
-        for budget, suites in report.downstream.items():
-            for d in suites:
-                for row in downstream_table(report, budget, d):
-                    c = row.comparison
-                    for task, task_mean in row.task_means.items():
-                        writer.writerow(
-                            {
-                                "budget": budget,
-                                "suite": d.suite,
-                                "arm": row.arm,
-                                "n": row.n,
-                                "average_mean": _csv_value(row.mean),
-                                "average_std": _csv_value(row.std),
-                                "diff_vs_baseline": _csv_value(c.diff if c else None),
-                                "ci_low": _csv_value(c.ci_low if c else None),
-                                "ci_high": _csv_value(c.ci_high if c else None),
-                                "p_adjusted": _csv_value(c.p_adjusted if c else None),
-                                "verdict": row.verdict or "",
-                                "task": task,
-                                "task_mean": _csv_value(task_mean),
-                            }
-                        )
-
-
-SUMMARY_COLUMNS = (
-    "budget",
-    "arm",
-    "method",
-    "optim",
-    "lr",
-    "lr_tuned",
-    "n",
-    "loss_mean",
-    "loss_std",
-    "diff_vs_baseline",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "p_adjusted",
-    "verdict",
-    "steps_mean",
-    "rst_s_mean",
-    "wall_s_mean",
-    "selection_hessian_share",
-)
-
-
-def summary_rows(report: Report) -> list[dict[str, Any]]:
-    rows = []
-    for budget, arms in report.results.items():
-        for r in arms:
-            ms = r.mean_std
-            c = r.comparison
-            rows.append(
-                {
-                    "budget": budget,
-                    "arm": r.arm,
-                    "method": r.method,
-                    "optim": r.optim,
-                    "lr": r.lr,
-                    "lr_tuned": r.tuned,
-                    "n": len(r.losses),
-                    "loss_mean": ms[0] if ms else None,
-                    "loss_std": ms[1] if ms else None,
-                    "diff_vs_baseline": c.diff if c else None,
-                    "ci_low": c.ci_low if c else None,
-                    "ci_high": c.ci_high if c else None,
-                    "p_value": c.p_value if c else None,
-                    "p_adjusted": c.p_adjusted if c else None,
-                    "verdict": c.verdict
-                    if c
-                    else ("baseline" if r.arm == report.exp.baseline else None),
-                    "steps_mean": r.steps,
-                    "rst_s_mean": r.mean_of("rst"),
-                    "wall_s_mean": r.mean_of("seconds"),
-                    "selection_hessian_share": r.overhead_share,
-                }
-            )
-    return rows
-
-
-def _write_summary_csv(report: Report, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        for row in summary_rows(report):
-            writer.writerow({k: _csv_value(v) for k, v in row.items()})
-
-
-CELL_COLUMNS = (
-    "cell",
-    "arm",
-    "budget",
-    "seed",
-    "lr",
-    "status",
-    "final_val_loss",
-    "steps",
-    "epochs",
-    "rst_s",
-    "wall_s",
-    "flops",
-    "tokens",
-    "error",
-)
-
-
-def _write_cells_csv(report: Report, path: Path) -> None:
-    cells: dict[str, CellResult] = {}
-    for arms in report.results.values():
-        for r in arms:
-            for c in r.cells:
-                cells[c.cell.id] = c
-    for c in report.failed:
-        cells.setdefault(c.cell.id, c)
-    for t in report.tunings:
-        for lr in t.scores:
-            for seed in report.exp.tuning_seeds:
-                cell = Cell(t.arm, t.budget, seed, lr)
-                cells.setdefault(cell.id, read_cell(cell, report.out_dir, with_curve=False))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CELL_COLUMNS)
-        writer.writeheader()
-        for cid in sorted(cells):
-            c = cells[cid]
-            s = c.summary or {}
-            spent = s.get("spent", {})
-            writer.writerow(
-                {
-                    "cell": cid,
-                    "arm": c.cell.arm,
-                    "budget": c.cell.budget,
-                    "seed": c.cell.seed,
-                    "lr": _csv_value(c.cell.lr),
-                    "status": c.status,
-                    "final_val_loss": _csv_value(s.get("final_val_loss")),
-                    "steps": s.get("steps", ""),
-                    "epochs": s.get("epochs", ""),
-                    "rst_s": _csv_value(spent.get("rst")),
-                    "wall_s": _csv_value(spent.get("seconds")),
-                    "flops": _csv_value(spent.get("flops")),
-                    "tokens": _csv_value(spent.get("tokens")),
-                    "error": (c.error or {}).get("message", ""),
-                }
-            )
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return value

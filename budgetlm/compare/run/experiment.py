@@ -165,12 +165,26 @@ class Experiment:
             settings["run.out_dir"] = str(out_dir)
         if cell.lr is not None:
             settings["optim.lr"] = cell.lr
+        settings.update(self._tags(cell))
         if threads is not None:
             settings["train.threads"] = threads
         try:
             return load_config(self.base, settings=settings)
         except ConfigError as e:
             raise ExperimentError(f"arm {arm.name!r}, budget {cell.budget}: {e}") from e
+
+    def _tags(self, cell: Cell) -> dict[str, str]:
+        """Tracker labels (`run.tags`) that group a grid's runs: they change nothing trained
+        (the run section is outside the config hash), and merge with the base config's tags."""
+        tags = {
+            "experiment": self.name,
+            "arm": cell.arm,
+            "budget": cell.budget,
+            "seed": str(cell.seed),
+        }
+        if self.arm(cell.arm).tuned and cell.lr is not None:  # one of several LRs tried
+            tags["lr"] = f"{cell.lr:g}"
+        return {f"run.tags.{key}": value for key, value in tags.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -235,45 +249,95 @@ def load_experiment(path: str | Path) -> Experiment:
 def experiment_from_dict(
     raw: Any, root: Path, default_name: str = "experiment", source: Path | None = None
 ) -> Experiment:
+    """Validate an experiment file's content (relative paths resolved against `root`)."""
     if not isinstance(raw, dict):
         raise ExperimentError("an experiment file is a mapping (name, base, arms, budgets, ...)")
     _check_keys(raw, EXPERIMENT_KEYS, "")
+    arms = _arms(raw)
+    seeds = _seeds(raw)
+    name = str(raw.get("name", default_name))
+    if not _NAME.match(name):
+        raise ExperimentError(f"name {name!r}: use letters, digits, '.', '_' or '-'")
+    return Experiment(
+        name=name,
+        description=str(raw.get("description", "")),
+        arms=arms,
+        budgets=_budgets(raw),
+        seeds=seeds,
+        baseline=_baseline(raw, arms),
+        tuning_seeds=_tuning_seeds(raw, seeds),
+        base=_base_config(raw, root),
+        config=_mapping(raw, "config", "a mapping of config sections"),
+        settings=dict(_mapping(raw, "set", "a mapping of dotted config keys to values")),
+        stats=_stats(raw),
+        source=source,
+        finetune=_finetune(raw.get("finetune"), root),
+    )
+
+
+def _mapping(raw: dict, key: str, what: str) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ExperimentError(f"{key}: must be {what}")
+    return value
+
+
+def _base_config(raw: dict, root: Path) -> Path | None:
     base = raw.get("base")
-    if base is not None:
-        base = Path(base)
-        base = (base if base.is_absolute() else root / base).resolve()
-        if not base.is_file():
-            raise ExperimentError(f"base: config file not found: {base}")
-    inline = raw.get("config") or {}
-    if not isinstance(inline, dict):
-        raise ExperimentError("config: must be a mapping of config sections")
+    if base is None:
+        return None
+    base = Path(base)
+    base = (base if base.is_absolute() else root / base).resolve()
+    if not base.is_file():
+        raise ExperimentError(f"base: config file not found: {base}")
+    return base
+
+
+def _arms(raw: dict) -> tuple[Arm, ...]:
     arms = tuple(_arm(a, i) for i, a in enumerate(_list(raw, "arms")))
     if not arms:
         raise ExperimentError("arms: give at least one arm")
     names = [a.name for a in arms]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ExperimentError(f"arms: names must be unique, repeated: {dupes}")
+    return arms
+
+
+def _budgets(raw: dict) -> tuple[str, ...]:
     budgets = tuple(str(b) for b in _list(raw, "budgets"))
     if not budgets:
         raise ExperimentError("budgets: give at least one budget, e.g. [60s-rst]")
     if len(set(map(slug, budgets))) != len(budgets):
         raise ExperimentError(f"budgets: repeated budget in {list(budgets)}")
+    return budgets
+
+
+def _seeds(raw: dict) -> tuple[int, ...]:
     seeds = tuple(_int(s, "seeds") for s in _list(raw, "seeds", default=[1]))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ExperimentError(f"seeds: give distinct integer seeds, got {list(seeds)}")
-    baseline = str(raw.get("baseline", arms[0].name))
+    return seeds
+
+
+def _baseline(raw: dict, arms: tuple[Arm, ...]) -> str:
+    names = [a.name for a in arms]
+    baseline = str(raw.get("baseline", names[0]))
     if baseline not in names:
         raise ExperimentError(f"baseline: no arm named {baseline!r}{_suggest(baseline, names)}")
-    tuning = raw.get("tuning") or {}
-    if not isinstance(tuning, dict):
-        raise ExperimentError("tuning: must be a mapping (seeds: [...])")
+    return baseline
+
+
+def _tuning_seeds(raw: dict, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    tuning = _mapping(raw, "tuning", "a mapping (seeds: [...])")
     _check_keys(tuning, ("seeds",), "tuning.")
     tuning_seeds = tuple(_int(s, "tuning.seeds") for s in tuning.get("seeds", seeds[:1]))
     if not tuning_seeds:
         raise ExperimentError("tuning.seeds: give at least one seed")
-    stats_raw = raw.get("stats") or {}
-    if not isinstance(stats_raw, dict):
-        raise ExperimentError("stats: must be a mapping")
+    return tuning_seeds
+
+
+def _stats(raw: dict) -> StatsSpec:
+    stats_raw = _mapping(raw, "stats", "a mapping")
     _check_keys(stats_raw, STATS_KEYS, "stats.")
     stats = StatsSpec(**stats_raw)
     if stats.test not in ("welch", "bootstrap"):
@@ -284,28 +348,7 @@ def experiment_from_dict(
         value = getattr(stats, key)
         if not isinstance(value, int | float) or not 0 < value < 1:
             raise ExperimentError(f"stats.{key} must be a number in (0, 1), got {value!r}")
-    shared = raw.get("set") or {}
-    if not isinstance(shared, dict):
-        raise ExperimentError("set: must be a mapping of dotted config keys to values")
-    finetune = _finetune(raw.get("finetune"), root)
-    name = str(raw.get("name", default_name))
-    if not _NAME.match(name):
-        raise ExperimentError(f"name {name!r}: use letters, digits, '.', '_' or '-'")
-    return Experiment(
-        name=name,
-        description=str(raw.get("description", "")),
-        arms=arms,
-        budgets=budgets,
-        seeds=seeds,
-        baseline=baseline,
-        tuning_seeds=tuning_seeds,
-        base=base,
-        config=inline,
-        settings=dict(shared),
-        stats=stats,
-        source=source,
-        finetune=finetune,
-    )
+    return stats
 
 
 def check_cells(exp: Experiment) -> None:

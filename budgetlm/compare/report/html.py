@@ -1,0 +1,189 @@
+"""The report as one self-contained HTML page: inline CSS and SVG charts, no script, no URL."""
+
+from __future__ import annotations
+
+from html import escape
+
+from budgetlm.compare.report import notes
+from budgetlm.compare.report.build import Report
+from budgetlm.compare.report.charts import Charts
+from budgetlm.compare.report.tables import (
+    DOWNSTREAM_VERDICT_COLUMN,
+    FAILED_HEADER,
+    SUMMARY_HEADER,
+    TUNING_HEADER,
+    VERDICT_COLUMN,
+    downstream_cells,
+    downstream_header,
+    failed_cells,
+    summary_cells,
+    tuning_cells,
+)
+
+VERDICT_CLASS = {
+    "better": "better",
+    "worse": "worse",
+    "no significant difference": "same",
+    "not tested": "untested",
+    "baseline": "baseline",
+}
+
+# Tables may not widen the page (a 1280 px window shows every column): cells break lines where
+# the formatted text allows it ("\n", shown as a smaller second line), headers wrap freely,
+# long free text wraps anywhere, and a table that still does not fit scrolls inside its own box.
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem auto;
+max-width:1200px;padding:0 1rem;color:#222;line-height:1.4}
+h1{font-size:1.6rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+.table-wrap{overflow-x:auto;margin:.8rem 0}
+table{border-collapse:collapse;font-size:.82rem}
+th,td{border:1px solid #ddd;padding:.25rem .4rem;text-align:right;vertical-align:top}
+th{background:#f4f4f4;font-weight:600;vertical-align:bottom}
+td{white-space:nowrap}td:first-child,th:first-child{text-align:left}
+td .sub{display:block;color:#666;font-size:.92em}
+td.text{white-space:normal;overflow-wrap:anywhere;min-width:10rem}.text{text-align:left}
+td.better{background:#dff3e3;font-weight:600}td.worse{background:#f8dede;font-weight:600}
+td.same{color:#555;white-space:normal;min-width:6rem}td.untested{color:#999}
+td.baseline{color:#555;font-style:italic}
+.swatch{display:inline-block;width:.75em;height:.75em;border-radius:2px;margin-right:.4em}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,440px),1fr));
+gap:1.2rem 1.6rem;margin:1rem 0}
+figure{margin:0}svg.chart{display:block;width:100%;height:auto}
+figcaption,.note{color:#555;font-size:.88rem}
+code{background:#f6f6f6;padding:.1rem .3rem;border-radius:3px}
+dt{font-weight:600}dd{margin:0 0 .5rem 1rem;overflow-wrap:anywhere}
+"""
+
+FINAL_CAPTION = (
+    "Circles: each seed's final held-out loss; diamond and bar: mean ± std over seeds; dashed "
+    "line: the baseline's mean. The verdict against the baseline is on the right. Each arm has "
+    "the same colour in every chart (see the table)."
+)
+CURVES_CAPTION = (
+    "Mean over seeds, band from min to max. For insight only: arms are judged at the end of "
+    "their own budget, where each schedule ends."
+)
+ACROSS_CAPTION = (
+    "Each arm's mean final held-out loss at each budget, bar: ± std over seeds. Every point is "
+    "its own run, trained to the end of that budget."
+)
+SPENT_CAPTION = (
+    "One bar per arm, in the arm's colour; the shades say what the budget paid for (see the "
+    "legend). Dashed outline: work that was not charged."
+)
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _cell(value: str) -> str:
+    first, *rest = str(value).split("\n")
+    return _e(first) + "".join(f'<span class="sub">{_e(line)}</span>' for line in rest)
+
+
+def _table(
+    header: tuple[str, ...] | list[str],
+    rows: list[list[str]],
+    classes: dict[tuple[int, int], str] | None = None,
+    swatches: list[str] | None = None,
+    text_columns: tuple[int, ...] = (),
+) -> str:
+    """A table in its own box; ``classes`` by (row, column), ``swatches``: a colour per row,
+    shown before the first cell (the arm's colour in the charts); ``text_columns`` hold free
+    text, left-aligned and wrapped."""
+    head = "".join(
+        f'<th class="text">{_e(h)}</th>' if j in text_columns else f"<th>{_e(h)}</th>"
+        for j, h in enumerate(header)
+    )
+    body = []
+    for i, row in enumerate(rows):
+        tds = []
+        for j, value in enumerate(row):
+            cls = "text" if j in text_columns else (classes or {}).get((i, j))
+            text = _cell(value)
+            if j == 0 and swatches:
+                text = f'<span class="swatch" style="background:{swatches[i]}"></span>{text}'
+            tds.append(f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>")
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="table-wrap">{table}</div>'
+
+
+def _figure(svg: str, caption: str) -> str:
+    return f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def render_html(report: Report) -> str:
+    exp = report.exp
+    charts = Charts(report)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>budgetlm compare: {_e(exp.name)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Comparison <code>{_e(exp.name)}</code></h1>",
+    ]
+    if exp.description:
+        parts.append(f"<p>{_e(exp.description)}</p>")
+    parts.append(f'<p class="note">{_e(notes.intro(report))}</p>')
+    if report.missing:
+        shown = ", ".join(report.missing[:12]) + (" …" if len(report.missing) > 12 else "")
+        parts.append(
+            f"<p><b>Unfinished grid:</b> {len(report.missing)} cells have not finished: "
+            f"{_e(shown)}. Run the same compare command again to complete them.</p>"
+        )
+    for budget in exp.budgets:
+        parts += _budget_section(report, budget, charts)
+    if (chart := charts.loss_vs_budget()) is not None:
+        figure = _figure(chart, ACROSS_CAPTION)
+        parts += ["<h2>Final loss across budgets</h2>", f'<div class="charts">{figure}</div>']
+    if report.tunings:
+        parts += [
+            "<h2>Learning-rate tuning</h2>",
+            f'<p class="note">{_e(notes.tuning_note(report))}</p>',
+            _table(TUNING_HEADER, tuning_cells(report)),
+        ]
+    if report.failed:
+        parts += [
+            "<h2>Failed cells</h2>",
+            f'<p class="note">{_e(notes.FAILED_NOTE)}</p>',
+            _table(FAILED_HEADER, failed_cells(report), text_columns=(2, 3)),
+        ]
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in notes.protocol_items(report))
+    parts += ["<h2>Protocol</h2>", f"<dl>{items}</dl>", "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _budget_section(report: Report, budget: str, charts: Charts) -> list[str]:
+    arms = report.results[budget]
+    colors = charts.colors
+    rows = [summary_cells(report, r) for r in arms]
+    classes = {
+        (i, VERDICT_COLUMN): VERDICT_CLASS.get(row[VERDICT_COLUMN], "")
+        for i, row in enumerate(rows)
+    }
+    parts = [
+        f"<h2>Budget {_e(budget)}</h2>",
+        _table(SUMMARY_HEADER, rows, classes, [colors[r.arm] for r in arms]),
+        f'<p class="note">{_e(notes.stats_note(report))} {_e(notes.TRAIN_LOSS)}</p>',
+    ]
+    for d in report.downstream.get(budget, []):
+        rows = downstream_cells(report, budget, d)
+        column = DOWNSTREAM_VERDICT_COLUMN
+        classes = {(i, column): VERDICT_CLASS.get(row[column], "") for i, row in enumerate(rows)}
+        parts += [
+            f"<h3>Downstream: {_e(d.suite)}</h3>",
+            _table(downstream_header(d), rows, classes, [colors[row[0]] for row in rows]),
+            f'<p class="note">{_e(notes.downstream_note(d))}</p>',
+        ]
+    parts += [
+        '<div class="charts">',
+        _figure(charts.final_losses(budget), FINAL_CAPTION),
+        _figure(charts.loss_curves(budget), CURVES_CAPTION),
+        _figure(charts.spending(budget), SPENT_CAPTION),
+        _figure(charts.wall_time(budget), notes.wall_caption(report, budget)),
+        "</div>",
+    ]
+    return parts

@@ -1,0 +1,54 @@
+"""The report as Markdown (report.md): the same tables and notes as the page, without charts."""
+
+from __future__ import annotations
+
+from budgetlm.compare.report import notes
+from budgetlm.compare.report.build import Report
+from budgetlm.compare.report.tables import (
+    FAILED_HEADER,
+    SUMMARY_HEADER,
+    TUNING_HEADER,
+    downstream_cells,
+    downstream_header,
+    failed_cells,
+    summary_cells,
+    tuning_cells,
+)
+
+
+def _table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> list[str]:
+    def clean(value: str) -> str:
+        # A cell's line breaks mark where the page may wrap it; one Markdown row is one line.
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(clean(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    exp = report.exp
+    lines = [f"# Comparison `{exp.name}`", ""]
+    if exp.description:
+        lines += [exp.description, ""]
+    lines += [f"{notes.intro(report)} Charts are in report.html.", ""]
+    if report.missing:
+        lines += [f"**Unfinished grid:** {len(report.missing)} cells have not finished.", ""]
+    for budget in exp.budgets:
+        rows = [summary_cells(report, r) for r in report.results[budget]]
+        lines += [f"## Budget {budget}", "", *_table(SUMMARY_HEADER, rows), ""]
+        lines += [notes.wall_caption(report, budget), ""]
+        for d in report.downstream.get(budget, []):
+            rows = downstream_cells(report, budget, d)
+            lines += [f"### Downstream: {d.suite}", "", *_table(downstream_header(d), rows)]
+            lines += ["", notes.downstream_note(d), ""]
+    lines += [notes.stats_note(report), "", notes.TRAIN_LOSS, ""]
+    if report.tunings:
+        lines += ["## Learning-rate tuning", "", notes.tuning_note(report), ""]
+        lines += [*_table(TUNING_HEADER, tuning_cells(report)), ""]
+    if report.failed:
+        lines += ["## Failed cells", "", notes.FAILED_NOTE, ""]
+        lines += [*_table(FAILED_HEADER, failed_cells(report)), ""]
+    lines += ["## Protocol", ""]
+    lines += [f"- **{k}:** {v}" for k, v in notes.protocol_items(report)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,67 @@
+"""The report page at a 1280 px window: every table shows all its columns, nothing scrolls
+sideways, and no chart text is cut off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from budgetlm.compare.report.build import build_report
+from budgetlm.compare.report.write import write_report
+from budgetlm.compare.run.experiment import Cell
+from budgetlm.finetune.store import write_results
+
+from ..browser import WINDOW, need_browser, render
+from ..planted import plant_cell, planted_experiment
+
+# Long arm names, an LR grid, a failed cell with a long log path and a downstream suite with
+# eight tasks: the widest tables a report has.
+ARMS = [
+    {"name": "baseline"},
+    {"name": "selective_backprop_keep_half", "method": "selective_backprop"},
+    {"name": "layer_drop_progressive", "method": "layer_drop"},
+    {"name": "lion_with_tuned_learning_rate", "optim": "lion", "lr_grid": [1e-4, 3e-4]},
+    {"name": "sophia_g", "optim": "sophia"},
+]
+TASKS = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
+
+
+def wide_grid(out: Path) -> Path:
+    exp = planted_experiment(out, {"seeds": [1, 2, 3], "arms": ARMS, "budgets": ["20steps"]})
+    for i, arm in enumerate(ARMS):
+        lr = 3e-4 if "lr_grid" in arm else None
+        for seed in (1, 2, 3):
+            cell = Cell(arm["name"], "20steps", seed, lr)
+            if arm["name"] == "sophia_g" and seed == 3:
+                plant_cell(exp, out, cell, None, error="loss is nan at step 3; " * 12)
+                continue
+            plant_cell(exp, out, cell, 3.0 + i / 10 + seed / 1000, rst=123.456, epochs=0.00421)
+            scores = {t: {"mean": 0.61234, "main_metric": "accuracy"} for t in TASKS}
+            write_results(
+                out / "cells" / cell.id,
+                "glue",
+                {"average": 0.6 + i / 50, "protocol": {"lr": 4e-5}, "tasks": scores},
+            )
+        if lr is not None:
+            plant_cell(exp, out, Cell(arm["name"], "20steps", 1, 1e-4), 3.4)
+    return out
+
+
+def test_every_table_fits_a_1280px_window(tmp_path):
+    need_browser()
+    page = write_report(build_report(wide_grid(tmp_path / "grid")))["html"]
+    info = render(page, screenshot=tmp_path / "report.png")
+    assert info["window_width"] == WINDOW[0] == 1280
+    headers = [t["header"][:2] for t in info["tables"]]
+    # Summary, downstream, LR tuning, failed cells.
+    assert len(info["tables"]) == 4, headers
+    summary = info["tables"][0]
+    assert summary["header"][-1] == "selection + Hessian"  # the column that used to be cut off
+    for t in info["tables"]:
+        # The table is no wider than its box, so the box has nothing to scroll.
+        assert t["box_scroll_width"] <= t["box_client_width"], t
+        assert t["right"] <= WINDOW[0], t
+    scroll_width, client_width = info["document_width"]
+    assert scroll_width <= client_width, "the page scrolls sideways"
+    # The charts' legends and labels fit their figures, long arm names included.
+    assert info["svg_count"] == 4
+    assert info["clipped_text"] == []
