@@ -82,7 +82,8 @@ class DataConfig:
     """The corpus, its tokenizer and the training objective (docs/data.md)."""
 
     corpus: str = "fixture"
-    """`fixture`, `bundled`, a local `.txt`/`.jsonl` file or directory, or `hf:NAME[:CONFIG]`"""
+    """`fixture`, `bundled`, `shakespeare` (its plays alone), a local `.txt`/`.jsonl` file or
+    directory, or `hf:NAME[:CONFIG]`"""
     path: str | None = None
     """an already prepared dataset directory (skips preparing)"""
     tokenizer: str | None = None
@@ -90,7 +91,12 @@ class DataConfig:
     vocab_size: int | None = None
     """tokenizer vocabulary size; default: the preset's"""
     val_fraction: float = 0.02
-    """share of documents held out for evaluation (chosen by a hash of the text)"""
+    """share of documents held out for evaluation (chosen by a hash of the text), split about
+    evenly into the `tune` and `test` splits (docs/data.md)"""
+    heldout_min_documents: int = 4
+    """floor of documents in each held-out split (`tune`, `test`): on a small corpus the
+    lowest-hashed documents are held out until each has this many; preparing fails when the
+    corpus cannot also keep as many for training"""
     max_bytes: int | None = None
     """read at most this much text (quick runs); default: all of it"""
     objective: str | None = None
@@ -179,6 +185,10 @@ class TrainConfig:
     """sequences per held-out batch; default: the micro-batch size"""
     eval_seed: int = 1234
     """fixes the held-out masks, the same for every run"""
+    eval_split: str = "test"
+    """held-out split the run is evaluated on: `test` (judging), `tune` (choosing
+    hyper-parameters; `budgetlm compare` sets it for tuning cells) or `val` (the old name of
+    `test`)"""
     checkpoint_every: float = 0.25
     """checkpoint at every multiple of this fraction of the budget; 0 = only at the end"""
     keep_checkpoints: int = 2
@@ -470,6 +480,7 @@ _CHOICES = {
     "data.tokenizer": ("bpe", "wordpiece", "unigram", "gpt2"),
     "data.objective": ("causal_lm", "mlm", "span_corruption"),
     "train.parallel": ("auto", "ddp", "fsdp"),
+    "train.eval_split": ("test", "tune", "val"),
 }
 
 

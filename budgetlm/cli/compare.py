@@ -62,6 +62,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopped; run the same command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
+    _write_references(exp, out)
     paths = write_report_files(out)
     print(
         f"cells: {len(outcome.finished)} run now, {len(outcome.skipped)} already finished, "
@@ -77,6 +78,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_references(exp: Any, out: Path) -> None:
+    """The n-gram regime references the report draws (references.json); the report is still
+    written without them, so a failure here is a warning."""
+    from budgetlm.compare.analysis.references import write_references
+
+    try:
+        write_references(exp, out)
+    except Exception as e:  # noqa: BLE001 - a reference line is not worth losing the report
+        print(f"warning: regime references not computed: {type(e).__name__}: {e}", file=sys.stderr)
+
+
 def write_report_files(out: Path) -> dict[str, Path]:
     from budgetlm.compare.report.build import build_report
     from budgetlm.compare.report.write import write_report
@@ -85,17 +97,52 @@ def write_report_files(out: Path) -> dict[str, Path]:
 
 
 def _print_plan(exp: Any) -> None:
+    """What a run of the grid would start with, and what it adds as results come in."""
+    spec = exp.spec
     tuning, untuned = exp.tuning_cells(), exp.untuned_cells()
     tuned = [a for a in exp.arms if a.tuned]
-    later = len(tuned) * len(exp.budgets) * len(set(exp.seeds) - set(exp.tuning_seeds))
+    later = len(tuned) * len(exp.budgets) * len(exp.seeds)
+    extensions = len(tuned) * len(spec.budgets) * spec.max_extensions * len(exp.tuning_seeds)
     print(
         f"experiment {exp.name}: {len(exp.arms)} arms x {len(exp.budgets)} budgets x "
         f"{len(exp.seeds)} seeds; baseline {exp.baseline}"
     )
+    for line in _tuning_lines(exp):
+        print(f"  {line}")
     for cell in tuning:
         print(f"  tune  {cell.id}")
     for cell in untuned:
         print(f"  run   {cell.id}")
     if later:
-        print(f"  then  {later} cells: the other seeds of tuned arms at their chosen LR")
-    print(f"{len(tuning) + len(untuned) + later} cells in all")
+        print(f"  then  {later} cells: the judged seeds of tuned arms at their chosen LR")
+    print(f"{len(tuning) + len(untuned) + later} cells in all", end="")
+    if extensions:
+        print(
+            f", and up to {extensions} more tuning cells if searches end at an edge of their "
+            f"grid (tuning.max_extensions: {spec.max_extensions})"
+        )
+    else:
+        print()
+
+
+def _tuning_lines(exp: Any) -> list[str]:
+    """The protocol in a few lines: seeds, splits, which arms are tuned on which grid."""
+    spec = exp.spec
+    carried = [b for b in exp.budgets if b not in spec.budgets]
+    if not any(arm.tuned for arm in exp.arms):
+        return ["no arm is tuned: each runs at its configured LR, judged on the test split"]
+    lines = [
+        f"tuning on seed(s) {', '.join(map(str, exp.tuning_seeds))} (never judged), scored on "
+        "the tune split; judged seeds scored on the test split"
+    ]
+    if carried:
+        lines.append(f"tuned at {', '.join(spec.budgets)}; LRs carried to {', '.join(carried)}")
+    for arm in exp.arms:
+        if not arm.tuned:
+            lr = f" at LR {arm.lr_grid[0]:g}" if arm.lr_grid else " at its configured LR"
+            lines.append(f"arm {arm.name}: untuned{lr}")
+            continue
+        grid = ", ".join(f"{lr:g}" for lr in arm.lr_grid)
+        origin = "its lr_grid" if arm.grid_given else f"around its LR {arm.default_lr:g}"
+        lines.append(f"arm {arm.name}: LRs {grid} ({origin})")
+    return lines

@@ -17,7 +17,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("path", help="run directory or checkpoint directory")
     p.add_argument("--batches", type=int, help="number of held-out batches (default: the run's)")
-    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.add_argument(
+        "--split",
+        choices=["test", "tune", "val", "train"],
+        help="split to evaluate on (default: the run's own train.eval_split; val is test)",
+    )
     p.set_defaults(func=cmd_eval)
 
 

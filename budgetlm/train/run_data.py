@@ -49,6 +49,7 @@ def resolve_data(cfg: Config, progress: bool = True) -> DataBundle:
             tokenizer=d.tokenizer or default_tok,
             vocab_size=d.vocab_size or shape.vocab_size,
             val_fraction=d.val_fraction,
+            heldout_min_documents=d.heldout_min_documents,
             max_bytes=d.max_bytes,
             progress=progress,
             **source_kwargs,
@@ -79,10 +80,13 @@ def train_stream(cfg: Config, data: DataBundle) -> BatchStream:
     )
 
 
-def heldout_batches(cfg: Config, data: DataBundle, split: str = "val", batches: int | None = None):  # noqa: ANN201
-    """The fixed held-out batches (fixed split, fixed masks) every evaluation of the run uses."""
+def heldout_batches(  # noqa: ANN201
+    cfg: Config, data: DataBundle, split: str | None = None, batches: int | None = None
+):
+    """The fixed held-out batches (fixed split, fixed masks) every evaluation of the run uses:
+    of `split`, by default the run's own `train.eval_split`."""
     return eval_batches(
-        data.dataset.tokens(split),
+        data.dataset.tokens(split or cfg.train.eval_split),
         data.objective,
         cfg.train.eval_batch_size or cfg.train.micro_batch_size or cfg.train.batch_size,
         batches or cfg.train.eval_batches,

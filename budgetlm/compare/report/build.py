@@ -1,9 +1,11 @@
 """The comparison report's data, built only from the cells' own files (`budgetlm report DIR`).
 
 `build_report` gathers what the grid produced: per budget and arm the final held-out losses
-over seeds, the statistics against the baseline, the curves and where the budget went. The
-renderings (html.py, markdown.py, the CSV tables) only format what is here; write.py writes
-them. Nothing here imports torch, so `budgetlm report` stays light.
+over seeds, the statistics against the baseline (one Holm family over every test the report
+shows), the compute each arm saved on the baseline's fitted loss-vs-budget curve, whether each
+verdict survives a price error, the curves and where the budget went. The renderings (html.py,
+markdown.py, the CSV tables) only format what is here; write.py writes them. Nothing here
+imports torch, so `budgetlm report` stays light.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from budgetlm.compare.analysis import stats
+from budgetlm.budget.clock import Budget
+from budgetlm.compare.analysis import compute_saved, sensitivity, stats
+from budgetlm.compare.analysis.compute_saved import PowerLaw, Saved
+from budgetlm.compare.analysis.references import REFERENCES_FILE
 from budgetlm.compare.analysis.results import CellResult, Tuning, judged_cells, read_cell, tuning
+from budgetlm.compare.analysis.sensitivity import Sensitivity
+from budgetlm.compare.report.curves import CURVE_KEY
 from budgetlm.compare.run.cell import CELL_CONFIG
-from budgetlm.compare.run.experiment import Cell, Experiment, experiment_from_dict
+from budgetlm.compare.run.experiment import Experiment, experiment_from_dict
 from budgetlm.compare.run.grid import EXPERIMENT_FILE
 from budgetlm.errors import UserError
 
@@ -38,6 +46,10 @@ class ArmResult:
     tuned: bool
     cells: list[CellResult]
     comparison: stats.Comparison | None = None
+    saved: Saved | None = None  # compute saved on the baseline's fit
+    saved_note: str = ""  # why there is no `saved`, in a few words (Report.fit_note: in full)
+    sensitivity: Sensitivity | None = None  # the verdict with the extra work re-priced
+    sensitivity_note: str = ""  # why there is no `sensitivity`
 
     @property
     def finished(self) -> list[CellResult]:
@@ -46,6 +58,11 @@ class ArmResult:
     @property
     def losses(self) -> list[float]:
         return [float(c.final_loss) for c in self.finished]
+
+    @property
+    def losses_by_seed(self) -> dict[int, float]:
+        """seed -> final held-out loss: what pairs the arm with the baseline's same seed."""
+        return {c.cell.seed: float(c.final_loss) for c in self.finished}
 
     @property
     def mean_std(self) -> tuple[float, float] | None:
@@ -69,15 +86,19 @@ class ArmResult:
 
     def downstream(self, suite: str, task: str | None = None) -> list[float]:
         """Per seed: the suite average (or one task's mean main metric) after fine-tuning."""
-        values = []
+        return list(self.downstream_by_seed(suite, task).values())
+
+    def downstream_by_seed(self, suite: str, task: str | None = None) -> dict[int, float]:
+        """seed -> the suite average (or one task's mean main metric) after fine-tuning."""
+        values = {}
         for c in self.finished:
             scores = c.downstream.get(suite)
             if scores is None:
                 continue
             if task is None:
-                values.append(float(scores["average"]))
+                values[c.cell.seed] = float(scores["average"])
             elif task in scores["tasks"]:
-                values.append(float(scores["tasks"][task]["mean"]))
+                values[c.cell.seed] = float(scores["tasks"][task]["mean"])
         return values
 
     @property
@@ -124,6 +145,20 @@ class Downstream:
         return c.verdict if c else None
 
 
+@dataclass(frozen=True)
+class Family:
+    """The tests Holm adjusted together: every test the report shows a verdict for."""
+
+    correction: str
+    loss_tests: int  # held-out loss, arm vs baseline, over every budget
+    downstream_tests: int  # fine-tuning suite averages, arm vs baseline, over every budget
+    budgets: int
+
+    @property
+    def size(self) -> int:
+        return self.loss_tests + self.downstream_tests
+
+
 @dataclass
 class Report:
     exp: Experiment
@@ -135,9 +170,26 @@ class Report:
     failed: list[CellResult]
     missing: list[str]  # cells not finished yet (report of an unfinished grid)
     protocol: dict[str, Any] = field(default_factory=dict)
+    family: Family | None = None
+    tests: list[stats.Comparison] = field(default_factory=list)  # the family, judged
+    fit: PowerLaw | None = None  # the baseline's final loss against budget
+    fit_note: str = ""  # why there is no fit
+    fit_runs: int = 0  # baseline runs the fit used
+    # budget -> {"unigram", "bigram", "tokens", "split", "note"} from references.json
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
+    references_note: str = ""  # what was wrong with references.json, if anything
 
     def arm_result(self, budget: str, arm: str) -> ArmResult:
         return next(r for r in self.results[budget] if r.arm == arm)
+
+    def in_ngram_regime(self, budget: str) -> bool:
+        """The baseline's mean loss does not beat the bigram reference of this budget (the
+        unigram where there is no bigram: masked and span objectives)."""
+        ref = self.references.get(budget)
+        ms = self.arm_result(budget, self.exp.baseline).mean_std
+        if ref is None or ms is None:
+            return False
+        return ms[0] >= (ref["bigram"] if ref["bigram"] is not None else ref["unigram"])
 
     @property
     def updated(self) -> str | None:
@@ -210,13 +262,11 @@ def build_report(out_dir: str | Path) -> Report:
             lr = None
             if arm.tuned:
                 t = tuning(exp, arm, budget, out_dir)
-                tunings.append(t)
                 lr = t.chosen
-                for grid_lr in arm.lr_grid:
-                    for seed in exp.tuning_seeds:
-                        c = read_cell(
-                            Cell(arm.name, budget, seed, grid_lr), out_dir, with_curve=False
-                        )
+                if not t.carried:  # a carried LR was chosen (and is listed) at `tuned_at`
+                    tunings.append(t)
+                    for cell in t.cells(exp):  # the first grid and every extension
+                        c = read_cell(cell, out_dir, with_curve=False)
                         if c.status == "failed":
                             seen_failed[c.cell.id] = c
             elif arm.lr_grid:
@@ -242,9 +292,10 @@ def build_report(out_dir: str | Path) -> Report:
                     cells=cells,
                 )
             )
-        _judge(exp, row)
         results[budget] = row
     downstream = {budget: _downstream(exp, row) for budget, row in results.items()}
+    family, tests = _judge(exp, results, downstream)
+    references, references_note = read_references(out_dir, exp.budgets)
     report = Report(
         exp=exp,
         out_dir=out_dir,
@@ -254,36 +305,68 @@ def build_report(out_dir: str | Path) -> Report:
         downstream=downstream,
         failed=list(seen_failed.values()),
         missing=missing,
+        family=family,
+        tests=tests,
+        references=references,
+        references_note=references_note,
     )
+    _compute_saved(report)
+    _sensitivity(report)
     report.protocol = _protocol(report)
     return report
 
 
-def _against_baseline(
-    exp: Experiment, data: dict[str, list[float]], lower_is_better: bool = True
-) -> dict[str, stats.Comparison]:
-    """Every arm with results against the baseline, by the experiment's statistics settings."""
+def _raw_tests(
+    exp: Experiment, data: dict[str, dict[int, float]], lower_is_better: bool = True
+) -> list[stats.Comparison]:
+    """Every arm with results against the baseline, unadjusted (Holm comes over the family)."""
     if exp.baseline not in data:
-        return {}
-    found = stats.compare_arms(
+        return []
+    return stats.run_tests(
         data,
         exp.baseline,
         test=exp.stats.test,
         confidence=exp.stats.confidence,
-        alpha=exp.stats.alpha,
-        correction=exp.stats.correction,
         lower_is_better=lower_is_better,
     )
-    return {c.arm: c for c in found}
 
 
-def _judge(exp: Experiment, row: list[ArmResult]) -> None:
-    by_arm = _against_baseline(exp, {r.arm: r.losses for r in row if r.losses})
-    for r in row:
-        r.comparison = by_arm.get(r.arm)
+def _judge(
+    exp: Experiment, results: dict[str, list[ArmResult]], downstream: dict[str, list[Downstream]]
+) -> tuple[Family, list[stats.Comparison]]:
+    """Holm over every test the report shows: the held-out loss of every arm at every budget,
+    and every fine-tuning suite average. Per budget the family would be smaller and an arm
+    could "win" one budget of several by chance."""
+    family: list[stats.Comparison] = []
+    owners: list[tuple[str, Any]] = []  # what each test belongs to, to put the verdicts back
+    for row in results.values():
+        data = {r.arm: r.losses_by_seed for r in row if r.losses}
+        by_arm = {r.arm: r for r in row}
+        for c in _raw_tests(exp, data):
+            family.append(c)
+            owners.append(("loss", by_arm[c.arm]))
+    loss_tests = len(family)
+    for suites in downstream.values():
+        for d in suites:
+            for c in d.comparisons.values():
+                family.append(c)
+                owners.append(("downstream", (d, c.arm)))
+    s = exp.stats
+    judged = stats.judge(family, alpha=s.alpha, correction=s.correction, power=s.power)
+    for (kind, owner), c in zip(owners, judged, strict=True):
+        if kind == "loss":
+            owner.comparison = c
+        else:
+            d, arm = owner
+            d.comparisons[arm] = c
+    # Untested comparisons (one seed) carry no p-value and do not count.
+    n_loss = sum(c.tested for c in judged[:loss_tests])
+    counts = Family(s.correction, n_loss, sum(c.tested for c in judged[loss_tests:]), len(results))
+    return counts, judged
 
 
 def _downstream(exp: Experiment, row: list[ArmResult]) -> list[Downstream]:
+    """Each suite's scores at one budget, tested but not yet judged (see `_judge`)."""
     suites: dict[str, dict[str, Any]] = {}
     for r in row:
         for c in r.finished:
@@ -291,10 +374,173 @@ def _downstream(exp: Experiment, row: list[ArmResult]) -> list[Downstream]:
                 suites.setdefault(suite, scores)
     out = []
     for suite, example in sorted(suites.items()):
-        data = {r.arm: r.downstream(suite) for r in row if r.downstream(suite)}
-        comparisons = _against_baseline(exp, data, lower_is_better=False)
+        data = {r.arm: r.downstream_by_seed(suite) for r in row if r.downstream(suite)}
+        raw = _raw_tests(exp, data, lower_is_better=False)
+        comparisons = {c.arm: c for c in raw}
         out.append(Downstream(suite, list(example["tasks"]), comparisons, example["protocol"]))
     return out
+
+
+# -- compute saved and price sensitivity -------------------------------------------------------
+
+
+def _amounts(exp: Experiment) -> tuple[dict[str, float], str]:
+    """Each budget's amount, or why the budgets cannot share one loss-vs-budget curve."""
+    parsed = {b: Budget.parse(b) for b in exp.budgets}
+    if len({b.unit for b in parsed.values()}) > 1:
+        return {}, "the budgets are in different units"
+    return {name: b.amount for name, b in parsed.items()}, ""
+
+
+def _compute_saved(report: Report) -> None:
+    """Fit the baseline's final loss against budget and express every arm's mean loss as the
+    baseline budget that reaches it (compute_saved.py)."""
+    exp = report.exp
+    amounts, why = _amounts(exp)
+    base = {
+        amounts[b]: report.arm_result(b, exp.baseline).losses_by_seed
+        for b in exp.budgets
+        if amounts and report.arm_result(b, exp.baseline).losses
+    }
+    need = compute_saved.MIN_BUDGETS
+    short = "mixed budget units" if why else ""
+    if not why and len(exp.budgets) < need:
+        why = f"needs {need} budgets to fit the baseline's loss against budget; this experiment "
+        why += f"has {len(exp.budgets)}"
+        short = f"needs {need} budgets"
+    elif not why and len(base) < need:
+        why = f"needs the baseline's results at {need} budgets; it has them at {len(base)}"
+        short = f"baseline at {len(base)} budgets"
+    fit = None
+    if not why:
+        xs = [a for a, seeds in base.items() for _ in seeds]
+        ys = [v for seeds in base.values() for v in seeds.values()]
+        fit = compute_saved.fit_power_law(xs, ys)
+        report.fit_runs = len(xs)
+        if fit is None:
+            why = "the power-law fit of the baseline failed (its loss does not fall with budget)"
+            short = "fit failed"
+    report.fit, report.fit_note = fit, why
+    if fit is None:
+        for row in report.results.values():
+            for r in row:
+                r.saved_note = short
+        return
+    draws = compute_saved.draw_seeds({a: list(seeds) for a, seeds in base.items()})
+    fits = compute_saved.refit(base, draws, start=fit)
+    for j, budget in enumerate(exp.budgets):
+        for i, r in enumerate(report.results[budget]):
+            if r.arm == exp.baseline or not r.losses:
+                continue
+            r.saved = compute_saved.compute_saved(
+                fit,
+                fits,
+                draws,
+                r.losses_by_seed,
+                amounts[budget],
+                confidence=exp.stats.confidence,
+                seed=1 + j * len(exp.arms) + i,
+            )
+
+
+def _charged(r: ArmResult, unit: str) -> dict[str, float]:
+    return {k: v for k, v in r.spend(unit).items() if k != "uncharged"}
+
+
+def _sensitivity(report: Report) -> None:
+    """Re-decide every verdict with the arm's extra work priced ± stats.price_error."""
+    exp = report.exp
+    for budget, row in report.results.items():
+        unit = Budget.parse(budget).unit
+        base = report.arm_result(budget, exp.baseline)
+        for r in row:
+            c = r.comparison
+            if r.arm == exp.baseline or c is None:
+                continue
+            if not c.tested:
+                r.sensitivity_note = "not tested"
+            elif unit != "rst":
+                r.sensitivity_note = f"the budget counts {unit}: nothing is priced"
+            elif not base.steps or not r.steps:
+                r.sensitivity_note = "no spending recorded"
+            else:
+                r.sensitivity = _arm_sensitivity(report, r, base)
+                if r.sensitivity is None:
+                    r.sensitivity_note = "no fit and no held-out curve to price the work by"
+
+
+def _arm_sensitivity(report: Report, r: ArmResult, base: ArmResult) -> Sensitivity | None:
+    s = report.exp.stats
+    work = sensitivity.extra_work(_charged(r, "rst"), _charged(base, "rst"), r.steps, base.steps)
+    key = CURVE_KEY["rst"]
+    curves = [
+        [
+            (p[key], p["val_loss"])
+            for p in cell.curve
+            if p.get(key) is not None and p.get("val_loss") is not None
+        ]
+        for cell in r.finished
+    ]
+    index = next(k for k, f in enumerate(report.tests) if f is r.comparison)
+    again = partial(
+        sensitivity.rejudge,
+        report.tests,
+        index,
+        r.losses_by_seed,
+        base.losses_by_seed,
+        test=s.test,
+        confidence=s.confidence,
+        alpha=s.alpha,
+        correction=s.correction,
+        power=s.power,
+    )
+    return sensitivity.sensitivity(
+        r.comparison.verdict,
+        work,
+        Budget.parse(r.budget).amount,
+        again,
+        fit=report.fit,
+        slope=sensitivity.curve_slope(curves),
+        error=s.price_error,
+    )
+
+
+# -- n-gram references -------------------------------------------------------------------------
+
+
+def read_references(
+    out_dir: Path, budgets: tuple[str, ...]
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """references.json of a compare folder (compare/analysis/references.py writes it): per
+    budget the unigram and bigram held-out losses (the bigram is null for masked and span
+    objectives); keys starting with "_" are its bookkeeping. Missing: nothing. Malformed:
+    nothing and a note saying why, so that a bad optional file shows on the page instead of
+    failing the report."""
+    path = out_dir / REFERENCES_FILE
+    if not path.is_file():
+        return {}, ""
+    out = {}
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping of budget -> references")
+        for budget, ref in raw.items():
+            if str(budget).startswith("_"):
+                continue
+            if not isinstance(ref, dict):
+                raise ValueError(f"{budget!r}: not a mapping")
+            out[str(budget)] = {
+                "unigram": float(ref["unigram"]),
+                "bigram": None if ref.get("bigram") is None else float(ref["bigram"]),
+                "tokens": None if ref.get("tokens") is None else int(ref["tokens"]),
+                "split": str(ref.get("split") or "?"),
+                "note": str(ref.get("note") or ""),
+            }
+    except (ValueError, KeyError, TypeError) as e:
+        return {}, f"{REFERENCES_FILE} could not be read ({e}); no n-gram references are shown"
+    unknown = sorted(set(out) - set(budgets))
+    note = f"{REFERENCES_FILE} has budgets this experiment lacks: {', '.join(unknown)}"
+    return {b: out[b] for b in budgets if b in out}, note if unknown else ""
 
 
 def _protocol(report: Report) -> dict[str, Any]:

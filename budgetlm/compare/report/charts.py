@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 from matplotlib import colormaps, rcParams
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
@@ -28,6 +29,8 @@ from budgetlm.compare.report.notes import machines
 # matplotlib's tab10: ten distinct colours that read well on white.
 TAB10 = tuple(to_hex(c) for c in colormaps["tab10"].colors)
 NEUTRAL = "#555555"  # legend keys that stand for a kind of mark, not for an arm
+REFERENCE = "#8c8c8c"  # n-gram reference lines: context, not an arm
+REFERENCE_STYLE = {"unigram": (0, (1, 1.5)), "bigram": (0, (4, 1.5, 1, 1.5))}
 # Opacity of each purpose's part of an arm's bar: the arm keeps its colour in every chart.
 PURPOSE_ALPHA = {"training": 1.0, "selection": 0.6, "hessian": 0.4, "optimizer": 0.22}
 PURPOSE_LABEL = {
@@ -169,6 +172,8 @@ class Charts:
                 later += [v for x, a, b in zip(xs, lo, hi, strict=True) if x > 0 for v in (a, b)]
             # The evaluation before the first step is the same for every arm (near log(vocab))
             # and would squash the differences at the end; the curves run off the top instead.
+            # The n-gram references stay in view: whether the arms beat them is the point.
+            later += self._references(ax, budget)
             finite = [v for v in later if math.isfinite(v)]
             if finite:
                 low, high = min(finite), max(finite)
@@ -185,6 +190,18 @@ class Charts:
             key=self._key(budget, "curves"),
             title=f"Held-out loss during training at budget {budget}, band: min–max over seeds",
         )
+
+    def _references(self, ax: Axes, budget: str) -> list[float]:
+        """The budget's n-gram references as horizontal lines; returns their values."""
+        ref = self.report.references.get(budget)
+        if ref is None:
+            return []
+        shown = []
+        for kind in ("unigram", "bigram"):
+            if ref[kind] is not None:
+                ax.axhline(ref[kind], color=REFERENCE, lw=1.2, ls=REFERENCE_STYLE[kind], label=kind)
+                shown.append(ref[kind])
+        return shown
 
     def spending(self, budget: str) -> str:
         """Mean spending per purpose, one bar per arm in the arm's colour."""
@@ -309,6 +326,8 @@ class Charts:
                             ms=7,
                             gid=self._gid(arm, "spread"),
                         )
+            self._fit_line(ax)
+            self._reference_steps(ax, budgets, amounts)
             if max(amounts) / min(amounts) > 4:
                 ax.set_xscale("log")
             ax.set_xlabel(f"budget ({units.pop()})")
@@ -319,6 +338,40 @@ class Charts:
         return self._svg(
             draw, height=3.8, key="all-budgets", title="Final held-out loss against budget"
         )
+
+    def _fit_line(self, ax: Axes) -> None:
+        """The baseline's fitted power law over the budgets it was fitted on (dashed)."""
+        fit = self.report.fit
+        if fit is None:
+            return
+        xs = np.geomspace(fit.low, fit.high, 64)
+        ax.plot(
+            xs,
+            [fit.loss(float(x)) for x in xs],
+            color=self.colors[self.report.exp.baseline],
+            ls="--",
+            lw=1.2,
+            label="baseline fit a·B^−b + c",
+            gid=self._gid(self.report.exp.baseline, "fit"),
+        )
+
+    def _reference_steps(self, ax: Axes, budgets: tuple[str, ...], amounts: list[float]) -> None:
+        """Each budget's n-gram references: a horizontal line when one value holds for every
+        budget, else a dotted line through the budgets' values."""
+        refs = self.report.references
+        for kind in ("unigram", "bigram"):
+            points = [
+                (x, refs[b][kind])
+                for b, x in zip(budgets, amounts, strict=True)
+                if b in refs and refs[b][kind] is not None
+            ]
+            if not points:
+                continue
+            style = {"color": REFERENCE, "lw": 1.2, "ls": REFERENCE_STYLE[kind], "label": kind}
+            if len({y for _, y in points}) == 1:
+                ax.axhline(points[0][1], **style)
+            else:
+                ax.plot([x for x, _ in points], [y for _, y in points], marker="_", **style)
 
 
 def _legend(fig: Figure, handles: list[Artist], labels: list[str], ncols: int = 4) -> None:

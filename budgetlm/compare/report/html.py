@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from html import escape
 
+from budgetlm.budget.clock import Budget
 from budgetlm.compare.report import notes
 from budgetlm.compare.report.build import Report
 from budgetlm.compare.report.charts import Charts
 from budgetlm.compare.report.tables import (
     DOWNSTREAM_VERDICT_COLUMN,
     FAILED_HEADER,
+    REFERENCES_HEADER,
+    SAVED_COLUMN,
     SUMMARY_HEADER,
     TUNING_HEADER,
     VERDICT_COLUMN,
     downstream_cells,
     downstream_header,
     failed_cells,
+    reference_cells,
     summary_cells,
     tuning_cells,
 )
@@ -37,14 +41,19 @@ max-width:1200px;padding:0 1rem;color:#222;line-height:1.4}
 h1{font-size:1.6rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 .table-wrap{overflow-x:auto;margin:.8rem 0}
 table{border-collapse:collapse;font-size:.82rem}
-th,td{border:1px solid #ddd;padding:.25rem .4rem;text-align:right;vertical-align:top}
+th,td{border:1px solid #ddd;padding:.25rem .35rem;text-align:right;vertical-align:top}
 th{background:#f4f4f4;font-weight:600;vertical-align:bottom}
 td{white-space:nowrap}td:first-child,th:first-child{text-align:left}
 td .sub{display:block;color:#666;font-size:.92em}
 td.text{white-space:normal;overflow-wrap:anywhere;min-width:10rem}.text{text-align:left}
 td.better{background:#dff3e3;font-weight:600}td.worse{background:#f8dede;font-weight:600}
-td.same{color:#555;white-space:normal;min-width:6rem}td.untested{color:#999}
+td.same{color:#555}td.untested{color:#999}
 td.baseline{color:#555;font-style:italic}
+td.verdict{white-space:normal;min-width:4.5rem;width:7.5rem}
+td.wrap{white-space:normal;min-width:3.5rem;width:6rem}
+td.verdict .sub{font-weight:400}
+ul.verdicts{font-size:.88rem;color:#333;padding-left:1.2rem}ul.verdicts li{margin:.2rem 0}
+.warning{background:#fff4d6;border-left:4px solid #e0a800;padding:.4rem .7rem;font-weight:600}
 .swatch{display:inline-block;width:.75em;height:.75em;border-radius:2px;margin-right:.4em}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,440px),1fr));
 gap:1.2rem 1.6rem;margin:1rem 0}
@@ -67,6 +76,8 @@ ACROSS_CAPTION = (
     "Each arm's mean final held-out loss at each budget, bar: ± std over seeds. Every point is "
     "its own run, trained to the end of that budget."
 )
+FIT_CAPTION = " Dashed: the baseline's fitted power law, L(B) = a·B^−b + c (see below)."
+REFERENCES_CAPTION = " Dotted grey: the n-gram references (unigram, bigram) of each budget."
 SPENT_CAPTION = (
     "One bar per arm, in the arm's colour; the shades say what the budget paid for (see the "
     "legend). Dashed outline: work that was not charged."
@@ -75,6 +86,11 @@ SPENT_CAPTION = (
 
 def _e(value: object) -> str:
     return escape(str(value), quote=True)
+
+
+def _verdict_class(value: str) -> str:
+    """The colour class of a verdict cell, from its first line (the verdict itself)."""
+    return " ".join(filter(None, [VERDICT_CLASS.get(value.split("\n")[0], ""), "verdict"]))
 
 
 def _cell(value: str) -> str:
@@ -137,8 +153,17 @@ def render_html(report: Report) -> str:
     for budget in exp.budgets:
         parts += _budget_section(report, budget, charts)
     if (chart := charts.loss_vs_budget()) is not None:
-        figure = _figure(chart, ACROSS_CAPTION)
+        caption = ACROSS_CAPTION + (FIT_CAPTION if report.fit else "")
+        caption += REFERENCES_CAPTION if report.references else ""
+        figure = _figure(chart, caption)
         parts += ["<h2>Final loss across budgets</h2>", f'<div class="charts">{figure}</div>']
+        parts.append(f'<p class="note">{_e(notes.saved_note(report))}</p>')
+    if report.references or report.references_note:
+        parts += ["<h2>N-gram references</h2>", f'<p class="note">{_e(notes.REFERENCES_NOTE)}</p>']
+        if report.references_note:
+            parts.append(f'<p class="warning">{_e(report.references_note)}</p>')
+        if report.references:
+            parts.append(_table(REFERENCES_HEADER, reference_cells(report), text_columns=(7,)))
     if report.tunings:
         parts += [
             "<h2>Learning-rate tuning</h2>",
@@ -161,18 +186,23 @@ def _budget_section(report: Report, budget: str, charts: Charts) -> list[str]:
     colors = charts.colors
     rows = [summary_cells(report, r) for r in arms]
     classes = {
-        (i, VERDICT_COLUMN): VERDICT_CLASS.get(row[VERDICT_COLUMN], "")
-        for i, row in enumerate(rows)
+        (i, VERDICT_COLUMN): _verdict_class(row[VERDICT_COLUMN]) for i, row in enumerate(rows)
     }
-    parts = [
-        f"<h2>Budget {_e(budget)}</h2>",
-        _table(SUMMARY_HEADER, rows, classes, [colors[r.arm] for r in arms]),
-        f'<p class="note">{_e(notes.stats_note(report))} {_e(notes.TRAIN_LOSS)}</p>',
-    ]
+    classes.update({(i, SAVED_COLUMN): "wrap" for i in range(len(rows))})
+    parts = [f"<h2>Budget {_e(budget)}</h2>"]
+    if (warning := notes.ngram_warning(report, budget)) is not None:
+        parts.append(f'<p class="warning">{_e(warning)}</p>')
+    parts.append(_table(SUMMARY_HEADER, rows, classes, [colors[r.arm] for r in arms]))
+    if lines := notes.verdict_lines(report, budget):
+        items = "".join(f"<li><b>{_e(arm)}</b> — {_e(text)}</li>" for arm, text in lines)
+        parts.append(f'<ul class="verdicts">{items}</ul>')
+    parts.append(f'<p class="note">{_e(notes.stats_note(report))} {_e(notes.TRAIN_LOSS)}</p>')
+    if Budget.parse(budget).unit == "rst" and lines:
+        parts.append(f'<p class="note">{_e(notes.sensitivity_note(report))}</p>')
     for d in report.downstream.get(budget, []):
         rows = downstream_cells(report, budget, d)
         column = DOWNSTREAM_VERDICT_COLUMN
-        classes = {(i, column): VERDICT_CLASS.get(row[column], "") for i, row in enumerate(rows)}
+        classes = {(i, column): _verdict_class(row[column]) for i, row in enumerate(rows)}
         parts += [
             f"<h3>Downstream: {_e(d.suite)}</h3>",
             _table(downstream_header(d), rows, classes, [colors[row[0]] for row in rows]),
@@ -181,7 +211,10 @@ def _budget_section(report: Report, budget: str, charts: Charts) -> list[str]:
     parts += [
         '<div class="charts">',
         _figure(charts.final_losses(budget), FINAL_CAPTION),
-        _figure(charts.loss_curves(budget), CURVES_CAPTION),
+        _figure(
+            charts.loss_curves(budget),
+            CURVES_CAPTION + (REFERENCES_CAPTION if budget in report.references else ""),
+        ),
         _figure(charts.spending(budget), SPENT_CAPTION),
         _figure(charts.wall_time(budget), notes.wall_caption(report, budget)),
         "</div>",

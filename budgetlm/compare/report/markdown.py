@@ -6,11 +6,13 @@ from budgetlm.compare.report import notes
 from budgetlm.compare.report.build import Report
 from budgetlm.compare.report.tables import (
     FAILED_HEADER,
+    REFERENCES_HEADER,
     SUMMARY_HEADER,
     TUNING_HEADER,
     downstream_cells,
     downstream_header,
     failed_cells,
+    reference_cells,
     summary_cells,
     tuning_cells,
 )
@@ -36,13 +38,24 @@ def render_markdown(report: Report) -> str:
         lines += [f"**Unfinished grid:** {len(report.missing)} cells have not finished.", ""]
     for budget in exp.budgets:
         rows = [summary_cells(report, r) for r in report.results[budget]]
-        lines += [f"## Budget {budget}", "", *_table(SUMMARY_HEADER, rows), ""]
+        lines += [f"## Budget {budget}", ""]
+        if (warning := notes.ngram_warning(report, budget)) is not None:
+            lines += [f"> **Warning:** {warning}", ""]
+        lines += [*_table(SUMMARY_HEADER, rows), ""]
+        if verdicts := notes.verdict_lines(report, budget):
+            lines += [f"- **{arm}** — {text}" for arm, text in verdicts] + [""]
         lines += [notes.wall_caption(report, budget), ""]
         for d in report.downstream.get(budget, []):
             rows = downstream_cells(report, budget, d)
             lines += [f"### Downstream: {d.suite}", "", *_table(downstream_header(d), rows)]
             lines += ["", notes.downstream_note(d), ""]
     lines += [notes.stats_note(report), "", notes.TRAIN_LOSS, ""]
+    if report.references or report.references_note:
+        lines += ["## N-gram references", "", notes.REFERENCES_NOTE, ""]
+        if report.references_note:
+            lines += [f"> **Warning:** {report.references_note}", ""]
+        if report.references:
+            lines += [*_table(REFERENCES_HEADER, reference_cells(report)), ""]
     if report.tunings:
         lines += ["## Learning-rate tuning", "", notes.tuning_note(report), ""]
         lines += [*_table(TUNING_HEADER, tuning_cells(report)), ""]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from budgetlm.budget.clock import Budget
-from budgetlm.compare.report.build import Downstream, Report, machine_name
+from budgetlm.compare.analysis import stats
+from budgetlm.compare.analysis.compute_saved import BETTER_THAN_RANGE, OK
+from budgetlm.compare.analysis.results import split_sizes
+from budgetlm.compare.report.build import ArmResult, Downstream, Report, machine_name
 
 CHARGED = (
     "every training pass (a dropped layer costs nothing), the selection forwards of "
@@ -36,18 +41,212 @@ def intro(report: Report) -> str:
     )
 
 
+TEST_NAME = {
+    "paired": "a paired t-test on the seeds both arms finished (scipy ttest_rel)",
+    "permutation": (
+        "an exact sign-flip permutation test of the per-seed differences (scipy "
+        "permutation_test), with the paired t interval"
+    ),
+    "welch": "Welch's t-test (scipy ttest_ind, unequal variances)",
+    "bootstrap": (
+        "a percentile bootstrap over seeds (of the per-seed differences when the arms share seeds)"
+    ),
+}
+
+
+def family_note(report: Report) -> str:
+    """Which tests Holm adjusted together."""
+    f = report.family
+    if f is None or report.exp.stats.correction != "holm":
+        return "p is not adjusted for multiple comparisons (stats.correction: none)"
+    parts = [f"{f.loss_tests} held-out-loss tests (every arm against the baseline at "]
+    parts.append(f"{'each of ' if f.budgets > 1 else ''}{f.budgets} budget{'s' * (f.budgets > 1)})")
+    if f.downstream_tests:
+        parts.append(f" and {f.downstream_tests} downstream suite-average tests")
+    return f"p is Holm-adjusted over all {f.size} tests in this report: {''.join(parts)}"
+
+
 def stats_note(report: Report) -> str:
     s = report.exp.stats
-    test = "Welch's t-test" if s.test == "welch" else "a bootstrap of the difference of means"
-    corr = (
-        "Holm-adjusted across the arms of this budget" if s.correction == "holm" else "unadjusted"
+    conf = round(100 * s.confidence)
+    f = report.family
+    m = f.size if f else 0
+    level = f"alpha / m = {s.alpha} / {m}" if s.correction == "holm" and m else f"{s.alpha}"
+    fallback = (
+        " Arms that share fewer than 2 seeds with the baseline fall back to Welch's t-test "
+        "(the cell says so)."
+        if s.test != "welch"
+        else ""
     )
     return (
         f"Δ is the arm's mean minus the baseline's (negative = lower loss = better), with its "
-        f"{round(100 * s.confidence)}% confidence interval from {test}; p is {corr}. A verdict "
-        f"says better/worse only when p < {s.alpha}. With few seeds only large differences "
-        "can be significant."
+        f"{conf}% confidence interval from {TEST_NAME[s.test]}; a seed fixes the "
+        f"initialisation and the data order, so arms with the same seed are compared seed by "
+        f'seed ("4 pairs").{fallback} {family_note(report)}. A verdict says better/worse '
+        f"only when p < {s.alpha}. MDD is the minimum detectable difference: the smallest true "
+        f"Δ the test finds with power {s.power} at the level of Holm's first step, {level} "
+        f"(what a lone real effect must pass): MDD = (t(1 − a/2, df) + t({s.power}, df)) × se, "
+        "with the t test's se and df (paired: sd of the differences / √n, n − 1). \"No "
+        'significant difference" is not "equal": the interval says what it excludes.'
     )
+
+
+def saved_note(report: Report) -> str:
+    """How the compute-saved column was computed, or why it is empty."""
+    fit = report.fit
+    if fit is None:
+        return f"Compute saved: not computed: {report.fit_note}."
+    # The budget the fit divides by (the largest), as the experiment wrote it.
+    scale = next(b for b in report.exp.budgets if Budget.parse(b).amount == fit.scale)
+    conf = round(100 * report.exp.stats.confidence)
+    return (
+        f"Compute saved: the baseline's final loss is fitted against budget, L(B) = "
+        f"{fit.a:.3f} × (B / {scale})^−{fit.b:.3g} + {fit.c:.3f} ({report.fit_runs} runs; "
+        "scipy curve_fit, a, b > 0, c ≥ 0), and each arm's mean loss is read as the budget "
+        "the baseline needs to reach it, as a multiple of the arm's budget: above 1× the arm "
+        "saves compute (1.25×: the baseline needs 25% more), below 1× it wastes some. "
+        f"Interval: {conf}% percentile bootstrap over seeds (resampled within each budget, "
+        "the baseline refitted each time); per comparison, not Holm-adjusted, and too narrow "
+        "with fewer than ~5 seeds, like any bootstrap. Losses outside the fitted range are not "
+        "extrapolated."
+    )
+
+
+def sensitivity_note(report: Report) -> str:
+    e = f"{100 * report.exp.stats.price_error:g}%"
+    return (
+        f"Price sensitivity: would the verdict change if the arm's extra work cost ±{e}? Extra "
+        "work: the arm's spend on purposes the baseline has none of (selection forwards, "
+        "Hessian passes), and its training or optimizer spend when that costs per step more "
+        "than 1% unlike the baseline's (layer dropping or stacking, selective backprop's "
+        "smaller backward batch, another optimizer). At +e the budget buys 1 / (1 + e × share) "
+        "of the work; the loss that costs comes from the baseline's fitted curve (or the "
+        "arm's own held-out curve without a fit), and the test and Holm are redone."
+    )
+
+
+def _unit(lower_is_better: bool) -> str:
+    return " nats" if lower_is_better else ""
+
+
+def _how_tested(c: stats.Comparison) -> str:
+    if c.design == "paired":
+        name = {"paired": "paired t-test", "permutation": "sign-flip test"}.get(
+            c.test, "paired bootstrap"
+        )
+        return f"{name} on {c.n_pairs} paired seeds"
+    name = "bootstrap" if c.test == "bootstrap" else "Welch's t-test"
+    why = f" ({c.note})" if c.note else ""
+    return f"{name}, {c.n_arm} vs {c.n_base} seeds{why}"
+
+
+def comparison_sentence(report: Report, c: stats.Comparison) -> str:
+    """A comparison in words: verdict, Δ, interval, test, p, what it excludes, the MDD."""
+    if not c.tested:
+        return f"{c.verdict}: {c.note or 'fewer than 2 seeds'}"
+    unit = _unit(c.lower_is_better)
+    conf = round(100 * report.exp.stats.confidence)
+    holm = report.exp.stats.correction == "holm"
+    adjusted = f"after Holm over {c.family_size} tests" if holm else "unadjusted"
+    p = f"p {'< 0.001' if c.p_adjusted < 0.001 else f'= {c.p_adjusted:.3f}'} {adjusted}"
+    text = (
+        f"{c.verdict}: Δ {c.diff:+.3f}{unit} ({conf}% CI {c.ci_low:+.3f} to {c.ci_high:+.3f}; "
+        f"{_how_tested(c)}; {p})"
+    )
+    if c.verdict == stats.NO_DIFFERENCE:
+        beyond = stats.excluded_beyond(c)
+        text += f"; the {conf}% CI excludes effects beyond ±{beyond:.3f}{unit}"
+    if math.isinf(c.mdd):
+        text += (
+            f". A sign-flip test on {c.n_pairs} pairs cannot reach p < {c.mdd_alpha:.2g}: "
+            "no effect is detectable"
+        )
+    elif not math.isnan(c.mdd):
+        text += f". Detectable with power {report.exp.stats.power}: ±{c.mdd:.3f}{unit} (MDD)"
+    return text + "."
+
+
+def saved_sentence(report: Report, r: ArmResult) -> str | None:
+    saved = r.saved
+    if saved is None:
+        return None
+    if saved.status != OK:
+        if saved.status == BETTER_THAN_RANGE:
+            where = f"better than the baseline at its largest budget, {report.exp.budgets[-1]}"
+        else:
+            where = f"worse than the baseline at its smallest budget, {report.exp.budgets[0]}"
+        return f"Compute saved: outside the fitted range ({where}); not extrapolated."
+    budget = Budget.parse(r.budget)
+    conf = round(100 * report.exp.stats.confidence)
+    failed = f"; {saved.failed} of {saved.resamples} refits failed" if saved.failed else ""
+    return (
+        f"Compute saved: worth {saved.multiplier:.2f}× its budget in baseline compute — the "
+        f"baseline's fit reaches this loss at {budget.format(saved.needed)} ({conf}% CI "
+        f"{saved.ci_low:.2f}–{saved.ci_high:.2f}×{failed})."
+    )
+
+
+def sensitivity_sentence(report: Report, r: ArmResult) -> str | None:
+    s = r.sensitivity
+    if s is None:
+        # Budgets that count steps, tokens or FLOPs price nothing: said once, not per arm.
+        if not r.sensitivity_note or Budget.parse(r.budget).unit != "rst":
+            return None
+        return f"Price sensitivity: {r.sensitivity_note}."
+    e = f"{100 * s.error:g}%"
+    if not s.work.purposes:
+        return f"Survives ±{e}: none of its work is priced unlike the baseline's."
+    work = (
+        f"its extra work ({' + '.join(s.work.purposes)}, {100 * s.work.share:.0f}% of its charge)"
+    )
+    source = "the baseline's fit" if s.source == "fit" else "its own held-out curve"
+    if not (s.flips_up or s.flips_down):
+        return (
+            f"Survives ±{e}: priced {e} higher or lower, {work} would move its loss by "
+            f"{s.shift_up:+.4f} / {s.shift_down:+.4f} nats ({source}) and the verdict stays."
+        )
+    flips = []
+    if s.flips_up:
+        flips.append(f"{e} higher: {s.shift_up:+.4f} nats, {s.verdict_up}")
+    if s.flips_down:
+        flips.append(f"{e} lower: {s.shift_down:+.4f} nats, {s.verdict_down}")
+    return f"{s.label.capitalize()}: with {work} priced {'; '.join(flips)} ({source})."
+
+
+def verdict_lines(report: Report, budget: str) -> list[tuple[str, str]]:
+    """Each arm's verdict at one budget in words: (arm, sentences)."""
+    out = []
+    for r in report.results[budget]:
+        if r.arm == report.exp.baseline or r.comparison is None:
+            continue
+        parts = [comparison_sentence(report, r.comparison)]
+        parts += [t for t in (saved_sentence(report, r), sensitivity_sentence(report, r)) if t]
+        out.append((r.arm, " ".join(parts)))
+    return out
+
+
+NGRAM_WARNING = "models are still in the n-gram regime: results say little about longer training"
+
+
+def ngram_warning(report: Report, budget: str) -> str | None:
+    """A visible warning when the baseline does not beat the bigram reference (or the unigram
+    where there is no bigram)."""
+    if not report.in_ngram_regime(budget):
+        return None
+    ref = report.references[budget]
+    mean = report.arm_result(budget, report.exp.baseline).mean_std[0]
+    which = "bigram" if ref["bigram"] is not None else "unigram"
+    return (
+        f"The baseline's mean held-out loss ({mean:.3f}) does not beat the {which} "
+        f"reference ({ref[which]:.3f}): {NGRAM_WARNING}."
+    )
+
+
+REFERENCES_NOTE = (
+    "What a unigram and a bigram count model, fitted on as many training tokens as the "
+    "baseline saw, score on the same held-out targets (references.json). A baseline that does "
+    "not beat the bigram has learned little beyond which token follows which."
+)
 
 
 def downstream_note(d: Downstream) -> str:
@@ -66,12 +265,43 @@ def downstream_note(d: Downstream) -> str:
 
 
 def tuning_note(report: Report) -> str:
-    seeds = ", ".join(map(str, report.exp.tuning_seeds))
-    return (
-        f"Arms with an LR grid ran every LR on seed(s) {seeds}; the LR with the lowest final "
-        "held-out loss was then run on every seed. Selecting on the same held-out set the arms "
-        "are judged on favours tuned arms slightly."
+    exp, spec = report.exp, report.exp.spec
+    seeds = ", ".join(map(str, exp.tuning_seeds))
+    untuned = [a.name for a in exp.arms if not a.tuned]
+    where = (
+        "at every budget"
+        if set(spec.budgets) >= set(exp.budgets) or not spec.budgets
+        else f"at {', '.join(spec.budgets)} and carried to the other budgets"
     )
+    text = (
+        f"Each tuned arm ran its LRs on seed(s) {seeds}, which are never judged, and was scored "
+        "on the held-out tune split, which no judged run is scored on; the LR with the lowest "
+        f"mean loss was then run on the judged seeds. Tuned {where}."
+    )
+    if spec.given:
+        text += (
+            f" Every arm's grid holds {spec.trials} LRs a factor {spec.factor:g} apart around "
+            f"its own configured LR (unless the arm gives its own), widened by up to "
+            f"{spec.max_extensions} LRs past an edge where the best sat."
+        )
+    if untuned and spec.given:
+        text += f" Untuned (opted out): {', '.join(untuned)}."
+    return text
+
+
+def splits_note(report: Report) -> str:
+    """The held-out splits' sizes, from a finished cell's dataset record."""
+    cells = [c for arms in report.results.values() for r in arms for c in r.cells]
+    sizes = split_sizes(cells)
+    if not sizes:
+        return "unknown (no finished cell recorded its dataset)"
+    parts = [
+        f"{name} {sizes[name].get('n_documents', '?')} documents / "
+        f"{sizes[name].get('n_tokens', '?')} tokens"
+        for name in ("tune", "test", "train")
+        if name in sizes
+    ]
+    return "; ".join(parts) + " (tune: LR selection; test: every judged loss)"
 
 
 FAILED_NOTE = "Failed cells are left out of the statistics above; their arms show fewer seeds (n)."
@@ -125,11 +355,14 @@ def protocol_items(report: Report) -> list[tuple[str, str]]:
         ("Charged to the budget", CHARGED),
         (
             "Learning rates",
-            f"tuned per budget for {', '.join(tuned)}; others fixed as configured"
+            f"tuned alike for {', '.join(tuned)} (see Learning-rate tuning)"
             if tuned
             else "not tuned per arm: every arm runs at its configured LR",
         ),
+        ("Held-out splits", splits_note(report)),
         ("Statistics", stats_note(report)),
+        ("Compute saved", saved_note(report)),
+        ("Price sensitivity", sensitivity_note(report)),
         ("Training loss and epochs", TRAIN_LOSS),
         ("Code version", ", ".join(p["code_versions"]) or "unknown"),
         ("budgetlm", str(p.get("budgetlm") or "unknown")),

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from budgetlm.compare.analysis import stats
+from budgetlm.compare.analysis.compute_saved import BETTER_THAN_RANGE, OK, Saved
 from budgetlm.compare.analysis.results import CellResult, read_cell
 from budgetlm.compare.report.build import ArmResult, Downstream, Report
-from budgetlm.compare.run.experiment import Cell
 
 DASH = "–"
 
@@ -46,9 +46,82 @@ def fmt_diff(c: stats.Comparison | None) -> str:
     return f"{c.diff:+.4f}\n[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
 
 
-def fmt_lr(r: ArmResult) -> str:
+def fmt_design(c: stats.Comparison) -> str:
+    """How the test paired the seeds, in a few words: "4 pairs", "Welch", "Welch, 1 pair"."""
+    if c.design == "paired":
+        return f"{c.n_pairs} pairs"
+    name = "bootstrap" if c.test == "bootstrap" else "Welch"
+    if c.note:  # a paired test fell back: say how many seeds were shared
+        return f"{name}, {c.n_pairs} pair{'s' if c.n_pairs != 1 else ''}"
+    return name
+
+
+def fmt_mdd(c: stats.Comparison) -> str:
+    if math.isinf(c.mdd):
+        return "MDD ∞"
+    return f"MDD {fmt(c.mdd, 4)}"
+
+
+def fmt_delta(c: stats.Comparison | None) -> str:
+    """One compact cell: Δ, its CI, the adjusted p with the design, and the MDD, a line each."""
+    if c is None or not c.tested:
+        return fmt_diff(c)
+    p = fmt_p(c.p_adjusted)
+    p = f"p{p}" if p.startswith("<") else f"p={p}"
+    return f"{fmt_diff(c)}\n{p} · {fmt_design(c)}\n{fmt_mdd(c)}"
+
+
+def fmt_multiplier(value: float) -> str:
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.2f}" if value < 10 else f"{value:.3g}"
+
+
+def fmt_saved(report: Report, r: ArmResult) -> str:
+    """The compute-saved cell: multiplier and interval, outside the range, or why empty."""
+    if r.arm == report.exp.baseline:
+        return DASH
+    saved = r.saved
+    if saved is None:
+        return r.saved_note or DASH
+    if saved.status == OK:
+        ci = DASH
+        if not _missing(saved.ci_low):
+            # A no-break space: the interval stays on one line where the cell wraps.
+            ci = f"[{fmt_multiplier(saved.ci_low)},\u00a0{fmt_multiplier(saved.ci_high)}]"
+        return f"{fmt_multiplier(saved.multiplier)}×\n{ci}"
+    edge = report.exp.budgets[-1] if saved.status == BETTER_THAN_RANGE else report.exp.budgets[0]
+    word = "better" if saved.status == BETTER_THAN_RANGE else "worse"
+    return f"outside fit\n({word} than\nat {edge})"
+
+
+def excludes(c: stats.Comparison | None) -> float | None:
+    """What a "no significant difference" can rule out: effects beyond ± this (its CI)."""
+    if c is None or c.verdict != stats.NO_DIFFERENCE or _missing(c.ci_low):
+        return None
+    return stats.excluded_beyond(c)
+
+
+def fmt_verdict(report: Report, r: ArmResult) -> str:
+    """The verdict, then what a non-result excludes and whether it survives a price error."""
+    shown = verdict(report, r) or DASH
+    lines = [shown]
+    if not r.tuned and report.exp.spec.given and r.arm != report.exp.baseline:
+        lines.append("(untuned: its own configured LR)")
+    if (beyond := excludes(r.comparison)) is not None:
+        lines.append(f"excludes ±{beyond:.3f}")
+    if r.sensitivity is not None:
+        lines.append(r.sensitivity.label)
+    return "\n".join(lines)
+
+
+def fmt_lr(r: ArmResult, report: Report | None = None) -> str:
+    """The LR an arm ran at, and how it got it: tuned, or untuned (it opted out of an
+    experiment's tuning, so its verdict leans on a configured LR)."""
     lr = DASH if r.lr is None else f"{r.lr:g}"
-    return f"{lr}\n(tuned)" if r.tuned else lr
+    if r.tuned:
+        return f"{lr}\n(tuned)"
+    return f"{lr}\n(untuned)" if report is not None and report.exp.spec.given else lr
 
 
 def fmt_epochs(value: float | None) -> str:
@@ -85,7 +158,28 @@ SUMMARY_COLUMNS = (
     "ci_high",
     "p_value",
     "p_adjusted",
+    "test",
+    "design",
+    "n_pairs",
+    "test_note",
+    "holm_family_size",
+    "mdd",
+    "mdd_alpha",
+    "excludes_beyond",
     "verdict",
+    "compute_saved",
+    "compute_saved_ci_low",
+    "compute_saved_ci_high",
+    "compute_saved_status",
+    "baseline_budget_needed",
+    "compute_saved_failed_fits",
+    "extra_work_share",
+    "extra_work_purposes",
+    "loss_shift_price_up",
+    "loss_shift_price_down",
+    "verdict_price_up",
+    "verdict_price_down",
+    "price_sensitivity",
     "train_loss_mean",
     "train_loss_std",
     "epochs_mean",
@@ -95,15 +189,16 @@ SUMMARY_COLUMNS = (
     "selection_hessian_share",
 )
 
+DELTA_HEADER = "Δ vs baseline [CI] · p (adj.) · MDD"
 SUMMARY_HEADER = (
     "arm",
     "method · optimizer",
     "LR",
     "n",
     "held-out loss (mean ± std)",
-    "Δ vs baseline [CI]",
-    "p (adj.)",
+    DELTA_HEADER,
     "verdict",
+    "compute saved",
     "training loss (mean ± std)",
     "epochs",
     "steps",
@@ -112,6 +207,7 @@ SUMMARY_HEADER = (
     "selection + Hessian",
 )
 VERDICT_COLUMN = SUMMARY_HEADER.index("verdict")
+SAVED_COLUMN = SUMMARY_HEADER.index("compute saved")
 
 
 def verdict(report: Report, r: ArmResult) -> str | None:
@@ -142,7 +238,10 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
                     "ci_high": c.ci_high if c else None,
                     "p_value": c.p_value if c else None,
                     "p_adjusted": c.p_adjusted if c else None,
+                    **_test_columns(c),
                     "verdict": verdict(report, r),
+                    **_saved_columns(report, r),
+                    **_sensitivity_columns(r),
                     "train_loss_mean": train[0] if train else None,
                     "train_loss_std": train[1] if train else None,
                     "epochs_mean": r.epochs,
@@ -155,18 +254,64 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
     return rows
 
 
+def _test_columns(c: stats.Comparison | None) -> dict[str, Any]:
+    if c is None:
+        return {}
+    return {
+        "test": c.test,
+        "design": c.design,
+        "n_pairs": c.n_pairs,
+        "test_note": c.note,
+        "holm_family_size": c.family_size,
+        "mdd": c.mdd,
+        "mdd_alpha": c.mdd_alpha,
+        "excludes_beyond": excludes(c),
+    }
+
+
+def _saved_columns(report: Report, r: ArmResult) -> dict[str, Any]:
+    saved: Saved | None = r.saved
+    if r.arm == report.exp.baseline:
+        return {}
+    if saved is None:
+        return {"compute_saved_status": r.saved_note}
+    return {
+        "compute_saved": saved.multiplier,
+        "compute_saved_ci_low": saved.ci_low,
+        "compute_saved_ci_high": saved.ci_high,
+        "compute_saved_status": saved.status,
+        "baseline_budget_needed": saved.needed,
+        "compute_saved_failed_fits": saved.failed,
+    }
+
+
+def _sensitivity_columns(r: ArmResult) -> dict[str, Any]:
+    s = r.sensitivity
+    if s is None:
+        return {"price_sensitivity": r.sensitivity_note or None}
+    return {
+        "extra_work_share": s.work.share,
+        "extra_work_purposes": "+".join(s.work.purposes),
+        "loss_shift_price_up": s.shift_up,
+        "loss_shift_price_down": s.shift_down,
+        "verdict_price_up": s.verdict_up,
+        "verdict_price_down": s.verdict_down,
+        "price_sensitivity": s.label,
+    }
+
+
 def summary_cells(report: Report, r: ArmResult) -> list[str]:
     """One arm's row of the per-budget table on the page, in SUMMARY_HEADER order."""
     ms, train, c = r.mean_std, r.train_loss, r.comparison
     return [
         r.arm,
         f"{r.method} ·\n{r.optim}",
-        fmt_lr(r),
+        fmt_lr(r, report),
         str(len(r.losses)),
         fmt_mean_std(*(ms or (None, None))),
-        fmt_diff(c),
-        fmt_p(c.p_adjusted if c else None),
-        verdict(report, r) or DASH,
+        fmt_delta(c),
+        fmt_verdict(report, r),
+        fmt_saved(report, r),
         fmt_mean_std(*(train or (None, None))),
         fmt_epochs(r.epochs),
         fmt(r.steps, 0),
@@ -188,7 +333,16 @@ DOWNSTREAM_COLUMNS = (
     "diff_vs_baseline",
     "ci_low",
     "ci_high",
+    "p_value",
     "p_adjusted",
+    "test",
+    "design",
+    "n_pairs",
+    "test_note",
+    "holm_family_size",
+    "mdd",
+    "mdd_alpha",
+    "excludes_beyond",
     "verdict",
     "task",
     "task_mean",
@@ -227,10 +381,10 @@ def downstream_table(report: Report, budget: str, d: Downstream) -> list[Downstr
 
 
 def downstream_header(d: Downstream) -> list[str]:
-    return ["arm", "n", f"{d.suite} average", "Δ vs baseline [CI]", "p (adj.)", "verdict", *d.tasks]
+    return ["arm", "n", f"{d.suite} average", DELTA_HEADER, "verdict", *d.tasks]
 
 
-DOWNSTREAM_VERDICT_COLUMN = 5
+DOWNSTREAM_VERDICT_COLUMN = 4
 
 
 def downstream_cells(report: Report, budget: str, d: Downstream) -> list[list[str]]:
@@ -239,13 +393,18 @@ def downstream_cells(report: Report, budget: str, d: Downstream) -> list[list[st
             row.arm,
             str(row.n),
             fmt_mean_std(row.mean, row.std),
-            fmt_diff(row.comparison),
-            fmt_p(row.comparison.p_adjusted if row.comparison else None),
-            row.verdict or DASH,
+            fmt_delta(row.comparison),
+            _downstream_verdict(row),
             *(fmt(v) for v in row.task_means.values()),
         ]
         for row in downstream_table(report, budget, d)
     ]
+
+
+def _downstream_verdict(row: DownstreamRow) -> str:
+    beyond = excludes(row.comparison)
+    shown = row.verdict or DASH
+    return shown if beyond is None else f"{shown}\nexcludes ±{beyond:.3f}"
 
 
 def downstream_csv_rows(report: Report) -> list[dict[str, Any]]:
@@ -267,13 +426,53 @@ def downstream_csv_rows(report: Report) -> list[dict[str, Any]]:
                             "diff_vs_baseline": c.diff if c else None,
                             "ci_low": c.ci_low if c else None,
                             "ci_high": c.ci_high if c else None,
+                            "p_value": c.p_value if c else None,
                             "p_adjusted": c.p_adjusted if c else None,
+                            **_test_columns(c),
                             "verdict": row.verdict,
                             "task": task,
                             "task_mean": task_mean,
                         }
                     )
     return out
+
+
+# -- n-gram references ---------------------------------------------------------------------------
+
+REFERENCES_HEADER = (
+    "budget",
+    "unigram",
+    "bigram",
+    "baseline mean",
+    "baseline beats",
+    "training tokens",
+    "split",
+    "note",
+)
+
+
+def reference_cells(report: Report) -> list[list[str]]:
+    rows = []
+    for budget, ref in report.references.items():
+        ms = report.arm_result(budget, report.exp.baseline).mean_std
+        beats = DASH
+        if ms is not None:
+            beaten = [k for k in ("unigram", "bigram") if ref[k] is not None and ms[0] < ref[k]]
+            beats = " and ".join(beaten) or "neither"
+        tokens = DASH if ref["tokens"] is None else f"{ref['tokens']:,}"
+        rows.append(
+            [
+                budget,
+                fmt(ref["unigram"]),
+                fmt(ref["bigram"]),
+                fmt(ms[0] if ms else None),
+                beats,
+                tokens,
+                ref["split"],
+                ref["note"],
+            ]
+        )
+    return rows
 
 
 # -- LR tuning and failed cells -------------------------------------------------------------------
@@ -284,12 +483,15 @@ TUNING_HEADER = ("arm", "budget", "LR", "mean held-out loss on tuning seeds", ""
 def tuning_cells(report: Report) -> list[list[str]]:
     rows = []
     for t in report.tunings:
+        added = {e.lr: e for e in t.extensions}
         for lr, score in t.scores.items():
-            mark = "chosen" if lr == t.chosen else ""
-            if lr == t.chosen and t.at_edge:
-                mark = "chosen (edge of the grid: widen it)"
+            marks = []
+            if lr in added:
+                marks.append(f"added: the best was at the {added[lr].side} edge")
+            if lr == t.chosen:
+                marks.append("chosen (at the edge: extensions ran out)" if t.at_edge else "chosen")
             shown = "failed" if score is not None and math.isinf(score) else fmt(score)
-            rows.append([t.arm, t.budget, f"{lr:g}", shown, mark])
+            rows.append([t.arm, t.budget, f"{lr:g}", shown, "; ".join(marks)])
     return rows
 
 
@@ -339,10 +541,8 @@ def cell_rows(report: Report) -> list[dict[str, Any]]:
     for c in report.failed:
         cells.setdefault(c.cell.id, c)
     for t in report.tunings:
-        for lr in t.scores:
-            for seed in report.exp.tuning_seeds:
-                cell = Cell(t.arm, t.budget, seed, lr)
-                cells.setdefault(cell.id, read_cell(cell, report.out_dir, with_curve=False))
+        for cell in t.cells(report.exp):
+            cells.setdefault(cell.id, read_cell(cell, report.out_dir, with_curve=False))
     rows = []
     for cid in sorted(cells):
         c = cells[cid]

@@ -1,14 +1,16 @@
-"""Experiment files: a base run config, arms, budgets, seeds, optional LR grids (docs/compare.md).
+"""Experiment files: a base run config, arms, budgets, seeds and LR tuning (docs/compare.md).
 
 An experiment expands into cells, one training run each: every arm at every budget and seed.
-An arm with an `lr_grid` is first run at each of its learning rates on the tuning seeds; its
-other seeds then run at the learning rate that was best at that budget (`results.chosen_lr`).
+A tuned arm is first run at each learning rate of its grid on the tuning seeds, which are never
+judged seeds, and scored on the held-out `tune` split; its judged seeds then run at the learning
+rate that was best (`results.tuning`), and are scored on the `test` split. Every arm is tuned
+alike — the same number of trials around its own configured LR — unless it says `tune: false`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,13 @@ FINETUNE_KEYS = (
     "max_train",
     "max_eval",
 )
-ARM_KEYS = ("name", "description", "method", "optim", "set", "lr_grid")
-STATS_KEYS = ("test", "confidence", "alpha", "correction")
+ARM_KEYS = ("name", "description", "method", "optim", "set", "lr_grid", "tune")
+# Written by `compare` into experiment.json (so the report needs no config, hence no torch).
+RECORD_ARM_KEYS = ("default_lr",)
+TUNING_KEYS = ("seeds", "trials", "factor", "max_extensions", "budgets")
+# The held-out splits of a prepared dataset that cells are scored on (`train.eval_split`).
+TUNE_SPLIT, TEST_SPLIT = "tune", "test"
+STATS_KEYS = ("test", "confidence", "alpha", "correction", "power", "price_error")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -58,25 +65,57 @@ class Arm:
     method: str = "none"
     optim: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    # A tuned arm: the LRs its search starts from (the file's `lr_grid`, else `tuning.trials`
+    # around `default_lr`). An untuned one: empty, or the one LR its file's `lr_grid` fixes.
     lr_grid: tuple[float, ...] = ()
     description: str = ""
-
-    @property
-    def tuned(self) -> bool:
-        return len(self.lr_grid) > 1
+    tuned: bool = False  # False: runs at its configured LR; the report says "untuned"
+    grid_given: bool = False  # lr_grid came from the experiment file, not from `tuning`
+    default_lr: float | None = None  # its config's optim.lr: the centre of a default grid
 
 
 @dataclass(frozen=True)
 class StatsSpec:
-    test: str = "welch"
+    test: str = "paired"  # falls back to Welch with fewer than 2 seeds shared with the baseline
     confidence: float = 0.95
     alpha: float = 0.05
-    correction: str = "holm"
+    correction: str = "holm"  # over every test of the report
+    power: float = 0.8  # of the minimum detectable difference shown for each test
+    price_error: float = 0.05  # does a verdict survive this error in the price of extra work?
+
+
+@dataclass(frozen=True)
+class TuningSpec:
+    """How tuned arms choose their LR (the experiment's `tuning:` section, docs/compare.md)."""
+
+    seeds: tuple[int, ...]  # never judged seeds: tuning cells are not judged cells
+    trials: int = 3  # LRs in a default grid, log-spaced around the arm's own LR
+    factor: float = 2.0  # ratio of neighbouring LRs, of the grid and of its extensions
+    max_extensions: int = 2  # LRs the search may add beyond an edge, per arm and budget
+    budgets: tuple[str, ...] = ()  # tuned at these; the others carry an LR from one of them
+    given: bool = False  # the file has a `tuning:` section: every arm is tuned unless it opts out
+
+    def grid(self, center: float) -> tuple[float, ...]:
+        """`trials` LRs center * factor**k, k = -(trials-1)/2 .. (trials-1)/2: centred on
+        `center` in log space (an even count straddles it)."""
+        half = (self.trials - 1) / 2
+        return tuple(round_lr(center * self.factor ** (k - half)) for k in range(self.trials))
+
+    def beyond(self, lr: float, side: str) -> float:
+        """The next LR past `lr` on `side` ("above" or "below")."""
+        return round_lr(lr * self.factor if side == "above" else lr / self.factor)
+
+
+def round_lr(lr: float) -> float:
+    """To 6 significant digits, the precision of a cell's `lr<x>` folder name: two LRs that
+    name one folder are one LR."""
+    return float(f"{lr:.6g}")
 
 
 @dataclass(frozen=True, order=True)
 class Cell:
-    """One training run of the grid. `lr` is set only for arms with an LR grid."""
+    """One training run of the grid. `lr` is set only for arms with an LR grid (every tuned
+    arm, and an untuned one whose `lr_grid` fixes its LR)."""
 
     arm: str
     budget: str
@@ -99,6 +138,7 @@ class Experiment:
     seeds: tuple[int, ...]
     baseline: str
     tuning_seeds: tuple[int, ...]
+    tuning: TuningSpec | None = None  # None: built by hand, tuned on tuning_seeds with defaults
     base: Path | None = None  # the base run config (absolute)
     config: dict[str, Any] = field(default_factory=dict)  # inline config on top of `base`
     settings: dict[str, Any] = field(default_factory=dict)  # for every arm
@@ -107,21 +147,50 @@ class Experiment:
     source: Path | None = None
     finetune: dict[str, Any] | None = None  # fine-tune every finished cell (docs/finetune.md)
 
+    def __post_init__(self) -> None:
+        if self.tuning is None:
+            spec = TuningSpec(seeds=self.tuning_seeds, budgets=self.budgets)
+            object.__setattr__(self, "tuning", spec)
+
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
             if arm.name == name:
                 return arm
         raise KeyError(name)
 
+    # -- tuning ---------------------------------------------------------------------------------
+    @property
+    def spec(self) -> TuningSpec:
+        assert self.tuning is not None  # set by __post_init__
+        return self.tuning
+
+    def tuned_at(self, budget: str) -> str:
+        """The budget whose tuning chooses an arm's LR at `budget`: itself when it is tuned at,
+        else the last tuning budget listed before it (the first tuning budget if none is)."""
+        tuned = self.spec.budgets
+        if budget in tuned:
+            return budget
+        before = [b for b in self.budgets[: self.budgets.index(budget)] if b in tuned]
+        return before[-1] if before else tuned[0]
+
+    def is_tuning_cell(self, cell: Cell) -> bool:
+        """Tuning seeds are never judged seeds, so the seed tells a tuning cell."""
+        return cell.seed in self.tuning_seeds
+
+    def tuning_cells_of(self, arm: Arm, budget: str, lrs: tuple[float, ...]) -> list[Cell]:
+        return [Cell(arm.name, budget, seed, lr) for lr in lrs for seed in self.tuning_seeds]
+
     # -- cells ----------------------------------------------------------------------------------
     def tuning_cells(self) -> list[Cell]:
+        """The first grid of every tuned arm at every budget it is tuned at. Extensions of a
+        search (`results.planned_tuning_cells`) follow once these have finished."""
         return [
-            Cell(arm.name, budget, seed, lr)
+            cell
             for arm in self.arms
             if arm.tuned
             for budget in self.budgets
-            for lr in arm.lr_grid
-            for seed in self.tuning_seeds
+            if budget in self.spec.budgets
+            for cell in self.tuning_cells_of(arm, budget, arm.lr_grid)
         ]
 
     def final_cells(self, arm: Arm, budget: str, lr: float | None) -> list[Cell]:
@@ -165,6 +234,9 @@ class Experiment:
             settings["run.out_dir"] = str(out_dir)
         if cell.lr is not None:
             settings["optim.lr"] = cell.lr
+        # Choose on one held-out split, judge on another: a tuned LR is not fitted to the
+        # documents it is judged on.
+        settings["train.eval_split"] = TUNE_SPLIT if self.is_tuning_cell(cell) else TEST_SPLIT
         settings.update(self._tags(cell))
         if threads is not None:
             settings["train.threads"] = threads
@@ -196,8 +268,23 @@ class Experiment:
             "budgets": list(self.budgets),
             "seeds": list(self.seeds),
             "baseline": self.baseline,
-            "tuning": {"seeds": list(self.tuning_seeds)},
+            # Written only when the file had one: its presence is what tunes every arm.
+            **(
+                {
+                    "tuning": {
+                        "seeds": list(self.tuning_seeds),
+                        "trials": self.spec.trials,
+                        "factor": self.spec.factor,
+                        "max_extensions": self.spec.max_extensions,
+                        "budgets": list(self.spec.budgets),
+                    }
+                }
+                if self.spec.given
+                else {}
+            ),
             "stats": vars(self.stats),
+            # Each arm's resolved `tune` and `default_lr`: read back, the record means the
+            # same experiment without building a config.
             "arms": [
                 {
                     "name": a.name,
@@ -205,7 +292,9 @@ class Experiment:
                     "method": a.method,
                     "optim": a.optim,
                     "set": a.settings,
-                    "lr_grid": list(a.lr_grid),
+                    "lr_grid": list(a.lr_grid) if a.grid_given else [],
+                    "tune": a.tuned,
+                    "default_lr": a.default_lr,
                 }
                 for a in self.arms
             ],
@@ -241,9 +330,21 @@ def load_experiment(path: str | Path) -> Experiment:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ExperimentError(f"{path}: not valid YAML: {e}") from e
+    _refuse_record_keys(raw)
     exp = experiment_from_dict(raw, path.parent, default_name=path.stem, source=path.resolve())
     check_cells(exp)
     return exp
+
+
+def _refuse_record_keys(raw: Any) -> None:
+    """What `compare` writes into experiment.json for the report is not for experiment files."""
+    arms = raw.get("arms") if isinstance(raw, dict) else None
+    for i, arm in enumerate(arms if isinstance(arms, list) else []):
+        if isinstance(arm, dict) and "default_lr" in arm:
+            raise ExperimentError(
+                f"arms[{i}].default_lr is what compare records in experiment.json; set the "
+                "arm's optim.lr (its grid is centred on it) or give an lr_grid"
+            )
 
 
 def experiment_from_dict(
@@ -253,19 +354,21 @@ def experiment_from_dict(
     if not isinstance(raw, dict):
         raise ExperimentError("an experiment file is a mapping (name, base, arms, budgets, ...)")
     _check_keys(raw, EXPERIMENT_KEYS, "")
-    arms = _arms(raw)
-    seeds = _seeds(raw)
+    seeds, budgets = _seeds(raw), _budgets(raw)
+    spec = _tuning(raw, seeds, budgets)
+    arms = _arms(raw, spec)
     name = str(raw.get("name", default_name))
     if not _NAME.match(name):
         raise ExperimentError(f"name {name!r}: use letters, digits, '.', '_' or '-'")
-    return Experiment(
+    exp = Experiment(
         name=name,
         description=str(raw.get("description", "")),
         arms=arms,
-        budgets=_budgets(raw),
+        budgets=budgets,
         seeds=seeds,
         baseline=_baseline(raw, arms),
-        tuning_seeds=_tuning_seeds(raw, seeds),
+        tuning_seeds=spec.seeds,
+        tuning=spec,
         base=_base_config(raw, root),
         config=_mapping(raw, "config", "a mapping of config sections"),
         settings=dict(_mapping(raw, "set", "a mapping of dotted config keys to values")),
@@ -273,6 +376,21 @@ def experiment_from_dict(
         source=source,
         finetune=_finetune(raw.get("finetune"), root),
     )
+    return _with_default_grids(exp)
+
+
+def _with_default_grids(exp: Experiment) -> Experiment:
+    """Give each tuned arm without an `lr_grid` its grid around its own configured LR. An
+    experiment record carries `default_lr`; otherwise one config per such arm is built."""
+    arms = []
+    for arm in exp.arms:
+        if arm.tuned and not arm.grid_given:
+            lr0 = arm.default_lr
+            if lr0 is None:
+                lr0 = exp.config_for(Cell(arm.name, exp.budgets[0], exp.seeds[0])).optim.lr
+            arm = replace(arm, default_lr=lr0, lr_grid=exp.spec.grid(lr0))
+        arms.append(arm)
+    return replace(exp, arms=tuple(arms))
 
 
 def _mapping(raw: dict, key: str, what: str) -> dict:
@@ -293,8 +411,8 @@ def _base_config(raw: dict, root: Path) -> Path | None:
     return base
 
 
-def _arms(raw: dict) -> tuple[Arm, ...]:
-    arms = tuple(_arm(a, i) for i, a in enumerate(_list(raw, "arms")))
+def _arms(raw: dict, spec: TuningSpec) -> tuple[Arm, ...]:
+    arms = tuple(_arm(a, i, spec) for i, a in enumerate(_list(raw, "arms")))
     if not arms:
         raise ExperimentError("arms: give at least one arm")
     names = [a.name for a in arms]
@@ -327,24 +445,83 @@ def _baseline(raw: dict, arms: tuple[Arm, ...]) -> str:
     return baseline
 
 
-def _tuning_seeds(raw: dict, seeds: tuple[int, ...]) -> tuple[int, ...]:
-    tuning = _mapping(raw, "tuning", "a mapping (seeds: [...])")
-    _check_keys(tuning, ("seeds",), "tuning.")
-    tuning_seeds = tuple(_int(s, "tuning.seeds") for s in tuning.get("seeds", seeds[:1]))
-    if not tuning_seeds:
-        raise ExperimentError("tuning.seeds: give at least one seed")
+def _tuning(raw: dict, seeds: tuple[int, ...], budgets: tuple[str, ...]) -> TuningSpec:
+    """The `tuning:` section. Its presence makes every arm tuned by default; without it only
+    arms with an `lr_grid` (or `tune: true`) are, with the same defaults."""
+    given = "tuning" in raw
+    tuning = _mapping(raw, "tuning", "a mapping (seeds, trials, factor, max_extensions, budgets)")
+    _check_keys(tuning, TUNING_KEYS, "tuning.")
+    spec = TuningSpec(
+        seeds=_tuning_seeds(tuning, seeds),
+        trials=_count(tuning.get("trials", 3), "tuning.trials", minimum=2),
+        factor=_factor(tuning.get("factor", 2.0)),
+        max_extensions=_count(tuning.get("max_extensions", 2), "tuning.max_extensions", 0),
+        budgets=_tuning_budgets(tuning.get("budgets", "all"), budgets),
+        given=given,
+    )
+    return spec
+
+
+def _tuning_seeds(tuning: dict, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    # Default: one seed no arm is judged on, far from the judged ones.
+    raw = _list(tuning, "seeds", default=[max(seeds) + 1000])
+    tuning_seeds = tuple(_int(s, "tuning.seeds") for s in raw)
+    if not tuning_seeds or len(set(tuning_seeds)) != len(tuning_seeds):
+        raise ExperimentError(f"tuning.seeds: give distinct integer seeds, got {raw}")
+    if shared := sorted(set(tuning_seeds) & set(seeds)):
+        raise ExperimentError(
+            f"tuning.seeds {list(tuning_seeds)} share {shared} with the judged seeds "
+            f"{list(seeds)}: an LR chosen on a seed would be judged on that same run. Use "
+            f"seeds no arm is judged on (default: [{max(seeds) + 1000}])"
+        )
     return tuning_seeds
+
+
+def _tuning_budgets(raw: Any, budgets: tuple[str, ...]) -> tuple[str, ...]:
+    """`all` (tune at every budget), `first`, or a list of the experiment's budgets."""
+    if raw == "all":
+        return budgets
+    if raw == "first":
+        return budgets[:1]
+    chosen = [str(b) for b in (raw if isinstance(raw, list) else [raw])]
+    for budget in chosen:
+        if budget not in budgets:
+            hint = _suggest(budget, [*budgets, "all", "first"])
+            raise ExperimentError(
+                f"tuning.budgets: {budget!r} is not one of the budgets {list(budgets)} (or "
+                f"`all`, `first`){hint}"
+            )
+    if not chosen:
+        raise ExperimentError("tuning.budgets: give `all`, `first` or a list of budgets")
+    return tuple(b for b in budgets if b in chosen)  # in the experiment's order
+
+
+def _count(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ExperimentError(f"{where}: an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _factor(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 1:
+        raise ExperimentError(
+            f"tuning.factor: a number > 1 (the ratio of neighbouring LRs), got {value!r}"
+        )
+    return float(value)
 
 
 def _stats(raw: dict) -> StatsSpec:
     stats_raw = _mapping(raw, "stats", "a mapping")
     _check_keys(stats_raw, STATS_KEYS, "stats.")
     stats = StatsSpec(**stats_raw)
-    if stats.test not in ("welch", "bootstrap"):
-        raise ExperimentError(f"stats.test must be welch or bootstrap, got {stats.test!r}")
+    # analysis/stats.TESTS; the run layer does not import the analysis above it.
+    if stats.test not in ("paired", "permutation", "welch", "bootstrap"):
+        raise ExperimentError(
+            f"stats.test must be paired, permutation, welch or bootstrap, got {stats.test!r}"
+        )
     if stats.correction not in ("holm", "none"):
         raise ExperimentError(f"stats.correction must be holm or none, got {stats.correction!r}")
-    for key in ("confidence", "alpha"):
+    for key in ("confidence", "alpha", "power", "price_error"):
         value = getattr(stats, key)
         if not isinstance(value, int | float) or not 0 < value < 1:
             raise ExperimentError(f"stats.{key} must be a number in (0, 1), got {value!r}")
@@ -363,14 +540,16 @@ def check_cells(exp: Experiment) -> None:
     for arm in exp.arms:
         for lr in arm.lr_grid or (None,):
             exp.config_for(Cell(arm.name, exp.budgets[0], exp.seeds[0], lr))
+        if arm.tuned:
+            exp.config_for(Cell(arm.name, exp.budgets[0], exp.tuning_seeds[0], arm.lr_grid[0]))
 
 
-def _arm(raw: Any, index: int) -> Arm:
+def _arm(raw: Any, index: int, spec: TuningSpec) -> Arm:
     if isinstance(raw, str):
         raw = {"name": raw, "method": raw}
     if not isinstance(raw, dict):
         raise ExperimentError(f"arms[{index}]: an arm is a mapping (name, method, optim, set)")
-    _check_keys(raw, ARM_KEYS, f"arms[{index}].")
+    _check_keys(raw, ARM_KEYS + RECORD_ARM_KEYS, f"arms[{index}].")
     if "name" not in raw:
         raise ExperimentError(f"arms[{index}]: every arm needs a name")
     name = str(raw["name"])
@@ -390,6 +569,8 @@ def _arm(raw: Any, index: int) -> Arm:
         raise ExperimentError(f"arm {name!r}: lr_grid needs distinct positive values")
     if lr_grid and "optim.lr" in _flatten(settings):
         raise ExperimentError(f"arm {name!r}: give either optim.lr in set or an lr_grid")
+    tuned = _tuned(raw, name, lr_grid, spec)
+    default_lr = raw.get("default_lr")
     return Arm(
         name=name,
         method=str(raw.get("method", "none")),
@@ -397,7 +578,30 @@ def _arm(raw: Any, index: int) -> Arm:
         settings=dict(settings),
         lr_grid=lr_grid,
         description=str(raw.get("description", "")),
+        tuned=tuned,
+        grid_given=bool(lr_grid),
+        default_lr=None if default_lr is None else float(default_lr),
     )
+
+
+def _tuned(raw: dict, name: str, lr_grid: tuple[float, ...], spec: TuningSpec) -> bool:
+    """An arm's own `tune:` decides; else a `tuning:` section tunes every arm; else (files
+    from before the section existed) an arm with an LR grid is tuned."""
+    tune = raw.get("tune")
+    if tune is not None and not isinstance(tune, bool):
+        raise ExperimentError(f"arm {name!r}: tune must be true or false, got {tune!r}")
+    tuned = tune if tune is not None else (spec.given or len(lr_grid) > 1)
+    if tuned and len(lr_grid) == 1:
+        raise ExperimentError(
+            f"arm {name!r}: an lr_grid to tune needs at least 2 LRs; to fix the arm's LR, give "
+            "it optim.lr in set and tune: false"
+        )
+    if not tuned and len(lr_grid) > 1:
+        raise ExperimentError(
+            f"arm {name!r}: tune: false with an lr_grid of {len(lr_grid)} LRs; give one LR "
+            "(optim.lr in set) or let the arm be tuned"
+        )
+    return tuned
 
 
 def _finetune(raw: Any, root: Path) -> dict[str, Any] | None:

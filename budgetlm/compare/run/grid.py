@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from budgetlm.compare.analysis.results import judged_cells, read_cell
+from budgetlm.compare.analysis.results import judged_cells, planned_tuning_cells, read_cell
 from budgetlm.compare.run.cell import (
     CELL_CONFIG,
     ERROR_FILE,
@@ -198,28 +198,43 @@ class GridRunner:
                     continue
 
     # -- the grid ---------------------------------------------------------------------------
+    def _add(
+        self, cells: list[Cell], queue: list[Cell], known: set[Cell], outcome: GridOutcome
+    ) -> None:
+        """Prepare each new cell; queue it unless it is already finished or failed."""
+        for cell in cells:
+            if cell in known:
+                continue
+            known.add(cell)
+            state = self._prepare_cell(cell)
+            if state == "finished":
+                outcome.skipped.append(cell)
+            elif state == "failed":
+                outcome.failed.append(cell)
+            elif self.exp.is_tuning_cell(cell):
+                # Tuning cells go first, extensions too: the sooner an LR is chosen, the
+                # sooner its judged seeds can start.
+                queue.insert(sum(map(self.exp.is_tuning_cell, queue)), cell)
+            else:
+                queue.append(cell)
+
+    def _called_for(self) -> list[Cell]:
+        """Cells the results on disk now call for: every tuning cell (a search whose cells
+        finished with the best LR at an edge asks for one more LR) and the judged seeds of
+        every chosen LR."""
+        return [*planned_tuning_cells(self.exp, self.out_dir), *self._newly_judged()]
+
     def _run_grid(self) -> GridOutcome:
         outcome = GridOutcome()
         queue: list[Cell] = []
         known: set[Cell] = set()
 
         def add(cells: list[Cell]) -> None:
-            for cell in cells:
-                if cell in known:
-                    continue
-                known.add(cell)
-                state = self._prepare_cell(cell)
-                if state == "finished":
-                    outcome.skipped.append(cell)
-                elif state == "failed":
-                    outcome.failed.append(cell)
-                else:
-                    queue.append(cell)
+            self._add(cells, queue, known, outcome)
 
-        # Tuning cells first: the sooner an LR is chosen, the sooner its seeds can start.
         add(self.exp.tuning_cells())
         add(self.exp.untuned_cells())
-        add(self._newly_judged())
+        add(self._called_for())
         if queue:
             self._prepare_data(queue)
 
@@ -248,7 +263,7 @@ class GridRunner:
                 for r in [r for r in running if r.process.poll() is not None]:
                     running.remove(r)
                     self._collect(r, outcome)
-                    add(self._newly_judged())
+                    add(self._called_for())
                 done = len(outcome.finished) + len(outcome.skipped) + len(outcome.failed)
                 live = sum(read_cell(r.cell, self.out_dir, False).progress for r in running)
                 bar.total = len(known)

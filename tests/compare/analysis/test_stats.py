@@ -1,4 +1,5 @@
-"""Tests for compare.analysis.stats: Welch, bootstrap, Holm and arm verdicts.
+"""Tests for compare.analysis.stats: paired t, sign-flip, Welch, bootstrap, Holm, the minimum
+detectable difference and arm verdicts.
 
 The statistics are scipy's; these tests pin down what the wrappers add (argument order, the
 zero-variance answers, the bootstrap p-value, Holm) against hand-computed and planted results.
@@ -19,8 +20,16 @@ from budgetlm.compare.analysis.stats import (
     TestResult,
     bootstrap,
     compare_arms,
+    excluded_beyond,
     holm,
+    judge,
+    mdd,
     mean_std,
+    pair,
+    paired_t,
+    run_tests,
+    sign_flip,
+    smallest_p,
     welch,
 )
 
@@ -310,3 +319,201 @@ def test_compare_arms_rejects_bad_arguments():
         compare_arms({"baseline": BASE, "diverged": [2.5, float("nan")]}, "baseline")
     with pytest.raises(ValueError, match="baseline"):
         compare_arms({"baseline": [3.0, math.inf], "a": BETTER_ARM}, "baseline")
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired by seed
+
+
+# A seed's luck (initialisation, data order) is shared by every arm run with it: planted as an
+# offset per seed that is large next to the arm's true effect (-0.01) and its own noise.
+SEED_LUCK = {1: 0.05, 2: -0.04, 3: 0.02, 4: -0.03, 5: 0.0}
+PAIRED_BASE = {s: 3.0 + luck for s, luck in SEED_LUCK.items()}
+PAIRED_ARM = {s: v - 0.01 + 0.001 * (-1) ** s for s, v in PAIRED_BASE.items()}
+
+
+def test_paired_t_hand_computed_example():
+    arm, base = [2.0, 3.0, 5.0], [1.0, 1.5, 3.0]
+    # d = 1.0, 1.5, 2.0: mean 1.5, sd 0.5, se = 0.5 / sqrt(3), t = 1.5 / se = 3 sqrt(3) ~ 5.196
+    # p = 2 * sf(5.196; df 2); CI = 1.5 -+ t_{0.975, 2} * se, t_{0.975, 2} = 4.302652729749464
+    se = 0.5 / math.sqrt(3)
+    r = paired_t(arm, base)
+    assert r.diff == pytest.approx(1.5)
+    assert r.df == 2 and r.se == pytest.approx(se)
+    assert r.p_value == pytest.approx(2 * sps.t.sf(1.5 / se, 2), rel=1e-12)
+    assert r.p_value == pytest.approx(2 * (1 - t_cdf_by_simpson(1.5 / se, 2)), abs=1e-9)
+    assert r.ci_low == pytest.approx(1.5 - 4.302652729749464 * se, rel=1e-12)
+    assert r.ci_high == pytest.approx(1.5 + 4.302652729749464 * se, rel=1e-12)
+
+
+def test_paired_t_matches_scipy_ttest_rel():
+    rng = random.Random(5)
+    for _ in range(20):
+        n = rng.randint(2, 8)
+        base = [rng.gauss(3.0, 0.2) for _ in range(n)]
+        arm = [b + rng.gauss(-0.05, 0.03) for b in base]
+        ref = sps.ttest_rel(arm, base)
+        ci = ref.confidence_interval(confidence_level=0.9)
+        ours = paired_t(arm, base, confidence=0.9)
+        assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-12)
+        assert (ours.ci_low, ours.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-12)
+        assert ours.diff == pytest.approx(float(np.mean(arm) - np.mean(base)), abs=1e-14)
+
+
+def test_pairing_removes_the_shared_seed_luck_that_welch_cannot():
+    paired = compare_arms({"base": PAIRED_BASE, "arm": PAIRED_ARM}, "base")[0]
+    unpaired = compare_arms({"base": PAIRED_BASE, "arm": PAIRED_ARM}, "base", test="welch")[0]
+    assert (paired.test, paired.design, paired.n_pairs) == ("paired", "paired", 5)
+    assert paired.diff == pytest.approx(unpaired.diff)
+    assert paired.verdict == "better" and paired.p_value < 1e-3
+    assert unpaired.verdict == "no significant difference" and unpaired.p_value > 0.5
+    assert paired.ci_high - paired.ci_low < 0.1 * (unpaired.ci_high - unpaired.ci_low)
+
+
+def test_only_seeds_in_both_arms_are_paired():
+    arm = {1: 2.9, 2: 2.95, 4: 2.8}  # seed 3 failed
+    base = {1: 3.0, 2: 3.02, 3: 2.99, 4: 2.9}
+    assert pair(arm, base) == ([2.9, 2.95, 2.8], [3.0, 3.02, 2.9])
+    (c,) = compare_arms({"base": base, "arm": arm}, "base")
+    assert (c.design, c.n_pairs, c.n_arm, c.n_base) == ("paired", 3, 3, 4)
+    ref = paired_t([2.9, 2.95, 2.8], [3.0, 3.02, 2.9])
+    assert (c.diff, c.ci_low, c.ci_high, c.p_value) == (
+        ref.diff,
+        ref.ci_low,
+        ref.ci_high,
+        ref.p_value,
+    )
+    # The arm's mean in the table is over its own seeds; the paired diff over the pairs.
+    assert c.mean_arm == pytest.approx(np.mean([2.9, 2.95, 2.8]))
+
+
+def test_fewer_than_two_pairs_fall_back_to_welch_with_a_note():
+    arm, base = {1: 2.5, 7: 2.6, 8: 2.55}, {1: 3.0, 2: 3.1, 3: 2.9}
+    (c,) = compare_arms({"base": base, "arm": arm}, "base")
+    assert (c.test, c.design, c.n_pairs) == ("welch", "unpaired", 1)
+    assert "Welch" in c.note and "1 seed(s) in both arms" in c.note
+    assert c.p_value == welch(list(arm.values()), list(base.values())).p_value
+    # Plain lists carry no seed: unpaired, said so.
+    (lists,) = compare_arms({"base": [3.0, 3.1, 2.9], "arm": [2.5, 2.6, 2.55]}, "base")
+    assert lists.test == "welch" and "without seeds" in lists.note
+    # Asked for Welch, Welch is what runs, with no note.
+    (w,) = compare_arms({"base": base, "arm": arm}, "base", test="welch")
+    assert w.note == "" and w.design == "unpaired"
+
+
+def test_sign_flip_is_exact_on_a_hand_enumerated_example():
+    # d = arm - base = -0.3, -0.1, +0.2, -0.4: mean -0.15. The 16 sign patterns give means
+    # (sum of +-0.3, +-0.1, +-0.2, +-0.4) / 4; |sum| >= 0.6 for: {-.3,-.1,-.2,-.4} = -1.0,
+    # {+,+,+,+} = +1.0, {-.3,+.1,-.2,-.4} = -0.8, {+.3,-.1,+.2,+.4} = +0.8,
+    # {-.3,-.1,+.2,-.4} = -0.6 (observed), {+.3,+.1,-.2,+.4} = +0.6; all others |sum| <= 0.4
+    # (e.g. {+.3,-.1,-.2,-.4} = -0.4). So p = 6 / 16 exactly.
+    base = [3.0, 3.0, 3.0, 3.0]
+    arm = [2.7, 2.9, 3.2, 2.6]
+    r = sign_flip(arm, base)
+    assert r.p_value == pytest.approx(6 / 16, abs=1e-12)
+    assert r.diff == pytest.approx(-0.15)
+    # Its interval is the paired t interval.
+    ref = paired_t(arm, base)
+    assert (r.ci_low, r.ci_high) == (ref.ci_low, ref.ci_high)
+    # All of one sign: the most extreme pattern, p = 2 / 2^n, the smallest it can give.
+    assert sign_flip([2.9, 2.8, 2.7], [3.0, 3.0, 3.0]).p_value == pytest.approx(2 / 8)
+    assert smallest_p("permutation", 3) == 2 / 8 and smallest_p("paired", 3) == 0.0
+
+
+def test_a_sign_flip_on_too_few_pairs_can_detect_nothing():
+    # 4 pairs: the smallest p is 2/16 = 0.125 > 0.05. The MDD says so (infinite).
+    data = {"base": {1: 3.0, 2: 3.1, 3: 2.9, 4: 3.05}, "arm": {1: 2.0, 2: 2.1, 3: 1.9, 4: 2.0}}
+    (c,) = compare_arms(data, "base", test="permutation")
+    assert c.test == "permutation" and c.p_value == pytest.approx(0.125)
+    assert c.verdict == "no significant difference" and math.isinf(c.mdd)
+    (t,) = compare_arms(data, "base", test="paired")
+    assert t.verdict == "better" and math.isfinite(t.mdd)
+
+
+def test_paired_bootstrap_resamples_the_seeds_differences():
+    data = {"base": PAIRED_BASE, "arm": PAIRED_ARM}
+    (c,) = compare_arms(data, "base", test="bootstrap")
+    assert (c.test, c.design, c.n_pairs) == ("bootstrap", "paired", 5)
+    assert c.ci_high < 0 and c.verdict == "better"  # the independent bootstrap would not see it
+    base, arm = pair(PAIRED_ARM, PAIRED_BASE)[::-1]
+    assert bootstrap(arm, base, paired=True) == bootstrap(arm, base, paired=True)
+    assert bootstrap(arm, base).ci_low < bootstrap(arm, base, paired=True).ci_low
+
+
+# ---------------------------------------------------------------------------------------------
+# Minimum detectable difference, what a non-result excludes
+
+
+def test_mdd_against_a_hand_computation():
+    # Paired, n = 4, sd of the differences 0.02: se = 0.01, df = 3. From a t table:
+    # t_{0.975, 3} = 3.182446305, t_{0.8, 3} = 0.978472312.
+    # MDD = (3.182446305 + 0.978472312) * 0.01 = 0.04160918617
+    assert mdd(0.01, 3, alpha=0.05, power=0.8) == pytest.approx(0.04160918617, rel=1e-8)
+    # Two-sided at alpha / m = 0.05 / 4: t_{1 - 0.00625, 3} = 5.1761 (scipy), same power term.
+    assert mdd(0.01, 3, alpha=0.0125) == pytest.approx(
+        (sps.t.ppf(1 - 0.00625, 3) + 0.978472312) * 0.01, rel=1e-8
+    )
+    assert mdd(0.0, 3, 0.05) == 0.0 and math.isnan(mdd(float("nan"), 3, 0.05))
+
+
+def test_judge_sizes_the_mdd_at_holms_first_step():
+    # Three arms with the same paired differences: each MDD at alpha / 3, with se = sd(d) / 2.
+    base = {1: 3.0, 2: 3.0, 3: 3.0, 4: 3.0}
+    arm = {1: 2.9, 2: 2.93, 3: 2.88, 4: 2.91}
+    d = [-0.1, -0.07, -0.12, -0.09]
+    se, m = float(np.std(d, ddof=1)) / 2, 3
+    family = run_tests({"base": base, "a": arm, "b": arm, "c": arm}, "base")
+    judged = judge(family, alpha=0.05)
+    for c in judged:
+        assert c.family_size == m and c.mdd_alpha == pytest.approx(0.05 / m)
+        assert c.mdd == pytest.approx(mdd(se, 3, 0.05 / m), rel=1e-12)
+    alone = judge(family, alpha=0.05, correction="none")[0]
+    assert alone.mdd_alpha == 0.05 and alone.mdd < judged[0].mdd
+
+
+def test_excluded_beyond_is_the_far_end_of_the_interval():
+    c = Comparison(
+        *("a", "b", 3, 3, 3.0, 0.1, 3.0, 0.1),
+        diff=0.035,
+        ci_low=-0.05,
+        ci_high=0.12,
+        p_value=0.4,
+        p_adjusted=0.8,
+        verdict="no significant difference",
+        test="paired",
+    )
+    assert excluded_beyond(c) == 0.12
+    flipped = Comparison(**{**c.__dict__, "ci_low": -0.2, "ci_high": 0.01})
+    assert excluded_beyond(flipped) == 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# Holm over a family larger than one call
+
+
+def test_judge_adjusts_over_the_whole_family_given():
+    # One budget: a single arm with raw p ~ 0.02 -> better on its own. With three null arms of
+    # a second budget in the family, Holm multiplies it by 4 and withdraws the verdict.
+    budget_a = run_tests(
+        {"base": {1: 3.0, 2: 3.1, 3: 3.2}, "x": {1: 2.9, 2: 3.02, 3: 3.08}}, "base"
+    )
+    null = {1: 3.0, 2: 3.1, 3: 3.2}
+    budget_b = run_tests(
+        {
+            "base": null,
+            "p": {1: 3.05, 2: 3.05, 3: 3.25},
+            "q": {1: 2.95, 2: 3.15, 3: 3.2},
+            "r": {1: 3.0, 2: 3.08, 3: 3.25},
+        },
+        "base",
+    )
+    raw = budget_a[0].p_value
+    assert 0.0125 < raw < 0.05, raw
+    alone = judge(budget_a)[0]
+    assert alone.verdict == "better" and alone.p_adjusted == raw
+    together = judge(budget_a + budget_b)
+    assert together[0].family_size == 4
+    assert together[0].p_adjusted == pytest.approx(
+        holm([c.p_value for c in budget_a + budget_b])[0]
+    )
+    assert together[0].verdict == "no significant difference"

@@ -11,7 +11,7 @@ from budgetlm.compare.run.experiment import Cell
 from budgetlm.finetune.store import write_results
 
 from ..browser import WINDOW, need_browser, render
-from ..planted import plant_cell, planted_experiment
+from ..planted import POWER_ARMS, plant_cell, plant_power_law_grid, planted_experiment
 
 # Long arm names, an LR grid, a failed cell with a long log path and a downstream suite with
 # eight tasks: the widest tables a report has.
@@ -19,7 +19,7 @@ ARMS = [
     {"name": "baseline"},
     {"name": "selective_backprop_keep_half", "method": "selective_backprop"},
     {"name": "layer_drop_progressive", "method": "layer_drop"},
-    {"name": "lion_with_tuned_learning_rate", "optim": "lion", "lr_grid": [1e-4, 3e-4]},
+    {"name": "lion_with_tuned_learning_rate", "optim": "lion", "lr_grid": [1e-4, 3e-4, 9e-4]},
     {"name": "sophia_g", "optim": "sophia"},
 ]
 TASKS = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
@@ -41,8 +41,11 @@ def wide_grid(out: Path) -> Path:
                 "glue",
                 {"average": 0.6 + i / 50, "protocol": {"lr": 4e-5}, "tasks": scores},
             )
-        if lr is not None:
-            plant_cell(exp, out, Cell(arm["name"], "20steps", 1, 1e-4), 3.4)
+        if lr is not None:  # its LR search, on the tuning seed: 3e-4 wins inside the grid
+            for grid_lr, loss in ((1e-4, 3.4), (3e-4, 3.3), (9e-4, 3.5)):
+                plant_cell(
+                    exp, out, Cell(arm["name"], "20steps", exp.tuning_seeds[0], grid_lr), loss
+                )
     return out
 
 
@@ -65,3 +68,37 @@ def test_every_table_fits_a_1280px_window(tmp_path):
     # The charts' legends and labels fit their figures, long arm names included.
     assert info["svg_count"] == 4
     assert info["clipped_text"] == []
+
+
+def test_compute_saved_sensitivity_and_references_fit_a_1280px_window(tmp_path):
+    """Four RST budgets: the compute-saved column, verdicts with their price sensitivity, the
+    n-gram warnings and references table, the fit on the loss-vs-budget chart."""
+    import json
+
+    need_browser()
+    out = tmp_path / "grid"
+    plant_power_law_grid(out, POWER_ARMS)
+    refs = {
+        b: {"unigram": 10.0, "bigram": 6.0, "tokens": 10**6, "split": "test", "note": "n" * 90}
+        for b in ("15s-rst", "30s-rst", "60s-rst", "120s-rst")
+    }
+    (out / "references.json").write_text(json.dumps(refs))
+    page = write_report(build_report(out))["html"]
+    info = render(page, screenshot=tmp_path / "report.png")
+    assert info["errors"] == []
+    # Four budget tables and the references table.
+    assert len(info["tables"]) == 5
+    assert "compute saved" in info["tables"][0]["header"]
+    for t in info["tables"]:
+        assert t["box_scroll_width"] <= t["box_client_width"], t
+        assert t["right"] <= WINDOW[0], t
+    scroll_width, client_width = info["document_width"]
+    assert scroll_width <= client_width, "the page scrolls sideways"
+    assert info["svg_count"] == 4 * 4 + 1
+    assert info["clipped_text"] == []
+    # Every arm series is on screen with an area, the baseline's fit among them.
+    assert all(w > 0 and h > 0 for w, h in info["series_boxes"])
+    text = page.read_text()
+    assert text.count('data-part="fit"') == 1
+    # Baseline means 9.22, 7.45, 6.27, 5.50 against a bigram of 6.0: three budgets warn.
+    assert text.count("models are still in the n-gram regime") == 3

@@ -144,10 +144,11 @@ def test_lr_tuning_chooses_the_best_finished_lr(tmp_path):
         },
     )
     arm = exp.arm("lion")
-    plant_cell(exp, out, Cell("lion", "20steps", 1, 1e-4), 3.3)
-    plant_cell(exp, out, Cell("lion", "20steps", 1, 3e-4), 3.1)
+    (ts,) = exp.tuning_seeds  # tuning runs on its own seed, never a judged one
+    plant_cell(exp, out, Cell("lion", "20steps", ts, 1e-4), 3.3)
+    plant_cell(exp, out, Cell("lion", "20steps", ts, 3e-4), 3.1)
     assert tuning(exp, arm, "20steps", out).chosen is None  # 1e-3 has not run yet
-    plant_cell(exp, out, Cell("lion", "20steps", 1, 1e-3), None, error="diverged")
+    plant_cell(exp, out, Cell("lion", "20steps", ts, 1e-3), None, error="diverged")
     t = tuning(exp, arm, "20steps", out)
     assert t.chosen == 3e-4 and t.scores[1e-3] == float("inf") and not t.at_edge
     for seed, loss in ((1, 3.0), (2, 3.05)):
@@ -160,7 +161,7 @@ def test_lr_tuning_chooses_the_best_finished_lr(tmp_path):
         "lion/20steps/lr0.0003/seed2",
     ]
     assert "lion/20steps/lr0.0003/seed2" in report.missing  # not run yet: the grid is unfinished
-    assert "lion/20steps/lr0.001/seed1" in [c.cell.id for c in report.failed]
+    assert f"lion/20steps/lr0.001/seed{ts}" in [c.cell.id for c in report.failed]
     page = write_report(report)["html"].read_text()
     assert "Unfinished grid" in page and "Learning-rate tuning" in page
     assert check_html(page)["errors"] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import json
+import math
 import os
 import signal
 import statistics
@@ -17,6 +18,8 @@ import pytest
 import yaml
 
 from budgetlm.cli import main
+from budgetlm.compare.analysis.results import judged_cells, tuning
+from budgetlm.compare.run.experiment import load_experiment
 from budgetlm.train.checkpoint import complete_checkpoints
 
 from ..html_check import check_html
@@ -72,7 +75,14 @@ def experiment(tmp_path: Path, arms: list, name: str = "grid", **extra) -> Path:
     return path
 
 
-TWO_ARMS = [{"name": "baseline"}, {"name": "lion", "optim": "lion", "set": {"optim.lr": 3e-4}}]
+TWO_ARMS = [
+    {"name": "baseline"},
+    {"name": "lion", "optim": "lion", "set": {"optim.lr": 3e-4}, "tune": False},
+]
+# The protocol at its cheapest: the baseline's LR is searched on 2 LRs around 3e-3 on seed 1002
+# (never judged), on the tune split. With 2 LRs the best is always at an edge, so the search
+# always adds the 1 extension it may: 3 tuning cells, then 2 judged seeds per arm (7 cells).
+TUNING = {"trials": 2, "max_extensions": 1}
 LOSS_COLUMNS = ("arm", "n", "loss_mean", "loss_std", "diff_vs_baseline", "p_value", "verdict")
 
 
@@ -88,7 +98,7 @@ def finished_grid(tmp_path_factory) -> Path:
     code = main(
         [
             "compare",
-            str(experiment(tmp, TWO_ARMS, finetune=FINETUNE)),
+            str(experiment(tmp, TWO_ARMS, finetune=FINETUNE, tuning=TUNING)),
             "--out",
             str(out),
             "--jobs",
@@ -102,15 +112,42 @@ def finished_grid(tmp_path_factory) -> Path:
     return out
 
 
+def judged(out: Path) -> dict[str, list[Path]]:
+    """Each arm's judged run directories (at 100steps), by the grid's own results."""
+    exp = load_experiment(out.parent / "grid.yaml")
+    cells = judged_cells(exp, out)
+    return {
+        arm: [out / "cells" / c.id for c in cells[arm, "100steps"]] for arm in ("baseline", "lion")
+    }
+
+
+def test_the_protocol_tuned_the_baseline_apart_from_its_judged_seeds(finished_grid):
+    exp = load_experiment(finished_grid.parent / "grid.yaml")
+    t = tuning(exp, exp.arm("baseline"), "100steps", finished_grid)
+    assert len(t.grid) == 2 and len(t.extensions) == 1 and t.chosen in t.scores
+    assert all(score is not None and math.isfinite(score) for score in t.scores.values())
+    runs = judged(finished_grid)
+    assert [p.parent.name for p in runs["baseline"]] == [f"lr{t.chosen:g}"] * 2
+    assert [p.name for p in runs["baseline"]] == ["seed1", "seed2"]
+    assert [p.relative_to(finished_grid / "cells").as_posix() for p in runs["lion"]] == [
+        "lion/100steps/seed1",
+        "lion/100steps/seed2",
+    ]
+    for cell in t.cells(exp):  # tuning cells: tune split, a seed no arm is judged on
+        config = yaml.safe_load((finished_grid / "cells" / cell.id / "config.yaml").read_text())
+        assert cell.seed == 1002 and config["train"]["eval_split"] == "tune"
+    for run in runs["baseline"] + runs["lion"]:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["train"]["eval_split"] == "test"
+        splits = json.loads((run / "meta.json").read_text())["dataset"]["splits"]
+        assert splits["tune"]["n_documents"] >= 4 and splits["test"]["n_documents"] >= 4
+
+
 def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
-    finals = {}
-    for arm in ("baseline", "lion"):
-        finals[arm] = [
-            json.loads((finished_grid / f"cells/{arm}/100steps/seed{s}/summary.json").read_text())[
-                "final_val_loss"
-            ]
-            for s in (1, 2)
-        ]
+    finals = {
+        arm: [json.loads((run / "summary.json").read_text())["final_val_loss"] for run in runs]
+        for arm, runs in judged(finished_grid).items()
+    }
     with open(finished_grid / "summary.csv") as f:
         rows = {r["arm"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"baseline", "lion"}
@@ -123,10 +160,8 @@ def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
     check = check_html((finished_grid / "report.html").read_text())
     assert check["errors"] == [] and check["external"] == []
     # Each cell was fine-tuned after training: scores in the cell, downstream rows in the report.
-    for arm in ("baseline", "lion"):
-        stored = json.loads(
-            (finished_grid / f"cells/{arm}/100steps/seed1/finetune/glue.json").read_text()
-        )
+    for runs in judged(finished_grid).values():
+        stored = json.loads((runs[0] / "finetune/glue.json").read_text())
         assert set(stored["tasks"]) == {"rte"}
     with open(finished_grid / "downstream.csv") as f:
         assert {r["arm"] for r in csv.DictReader(f)} == {"baseline", "lion"}
@@ -135,7 +170,7 @@ def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
 def test_rerun_of_a_finished_grid_runs_nothing(finished_grid, capsys):
     exp = finished_grid.parent / "grid.yaml"
     assert main(["compare", str(exp), "--out", str(finished_grid), "--quiet"]) == 0
-    assert "0 run now, 4 already finished" in capsys.readouterr().out
+    assert "0 run now, 7 already finished" in capsys.readouterr().out
 
 
 def test_report_renders_in_headless_chromium(finished_grid, tmp_path):
@@ -195,7 +230,7 @@ def _unlocked(path: Path) -> bool:
 
 
 def test_killed_grid_finishes_only_missing_cells_with_the_same_report(tmp_path, finished_grid):
-    exp = experiment(tmp_path, TWO_ARMS, finetune=FINETUNE)
+    exp = experiment(tmp_path, TWO_ARMS, finetune=FINETUNE, tuning=TUNING)
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -214,7 +249,8 @@ def test_killed_grid_finishes_only_missing_cells_with_the_same_report(tmp_path, 
     grid = subprocess.Popen(
         cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    first, second = out / "cells/baseline/100steps/seed1", out / "cells/baseline/100steps/seed2"
+    # The first two cells to run: the baseline's first grid, on its tuning seed.
+    first, second = (out / "cells" / c.id for c in load_experiment(exp).tuning_cells()[:2])
     deadline = time.monotonic() + 120
     while not complete_checkpoints(second / "checkpoints"):
         assert time.monotonic() < deadline and grid.poll() is None, "grid ended before the kill"
