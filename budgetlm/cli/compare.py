@@ -75,6 +75,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if outcome.failed:
         print(f"{len(outcome.failed)} cells failed; the report lists their errors", file=sys.stderr)
         return EXIT_FAILED
+    if outcome.control == "failed":
+        print("the random-init control failed; the report shows its error", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

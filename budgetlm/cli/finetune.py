@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 
@@ -24,7 +26,17 @@ def register(subparsers: Any) -> None:
         metavar="RUN_DIR",
         help="run directories, or a transformers BERT directory (config.json + weights)",
     )
-    p.add_argument("--out", help="results folder for a transformers model (default runs/hf-NAME)")
+    p.add_argument(
+        "--out",
+        help="results folder for a transformers model (default runs/hf-NAME) or with "
+        "--random-init (default runs/random-init-NAME)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="the control: fine-tune the run's architecture from random weights instead "
+        "(one initialisation per fine-tuning seed), same protocol; results go to --out",
+    )
     p.add_argument("--suite", default="offline", choices=["offline", "glue", "superglue"])
     p.add_argument("--tasks", nargs="+", help="a subset of the suite's tasks")
     p.add_argument("--data-dir", help="GLUE/SuperGLUE files in the official layout")
@@ -47,6 +59,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from budgetlm.finetune.control import finetune_random_init
     from budgetlm.finetune.protocol import Protocol
     from budgetlm.finetune.run import finetune_run
 
@@ -63,14 +76,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"budgetlm finetune: error: {e}") from e
     for run_dir in args.run_dirs:
-        results = finetune_run(
+        run = finetune_run
+        if args.random_init:
+            run = partial(
+                finetune_random_init,
+                out_dir=args.out or Path("runs") / f"random-init-{Path(run_dir).resolve().name}",
+            )
+        elif args.out:
+            run = partial(finetune_run, out_dir=args.out)
+        results = run(
             run_dir,
             args.suite,
             tasks=args.tasks,
             seeds=args.seeds,
             protocol=protocol,
             data_dir=args.data_dir,
-            out_dir=args.out,
             device=args.device,
             progress=not args.quiet,
         )

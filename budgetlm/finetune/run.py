@@ -2,7 +2,9 @@
 
 Results go to `<run>/finetune/<suite>.json`: the protocol, per task the reported score of
 every fine-tuning seed (mean ± std), the majority-class baseline, the per-epoch curves, and the
-suite average of the tasks' main metrics. `budgetlm compare` reports read them from there.
+suite average of the tasks' main metrics. `budgetlm compare` reports find them there.
+`finetune_suite` is the one loop over tasks and seeds; `finetune_run` feeds it a run's
+pre-trained model, `budgetlm.finetune.control` a randomly initialised one (the control).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,42 +50,42 @@ def _summarise(results: list[TaskResult]) -> dict[str, Any]:
     }
 
 
-def finetune_run(
-    run_dir: str | Path,
-    suite: str = "offline",
+def check_tasks(suite: str, tasks: Sequence[str] | None) -> list[str]:
+    """The tasks to fine-tune on (every task of the suite by default); unknown ones refused."""
+    known = suite_tasks(suite)
+    chosen = list(tasks or known)
+    unknown = [t for t in chosen if t not in known]
+    if unknown:
+        raise TaskError(f"suite {suite!r} has no task {unknown} (tasks: {', '.join(known)})")
+    return chosen
+
+
+def finetune_suite(
+    backbone_for: Callable[[int], nn.Module],
+    tokenizer: Any,
+    suite: str,
+    out_dir: str | Path,
     *,
-    out_dir: str | Path | None = None,
     tasks: Sequence[str] | None = None,
     seeds: Sequence[int] = (1,),
     protocol: Protocol | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Fine-tune `backbone_for(seed)` on every task once per fine-tuning seed (the loop's own
+    copy; the backbone is left untouched) and write `out_dir/finetune/<suite>.json`. `record`
+    adds keys to the stored results (where the backbone came from)."""
     from budgetlm.train.runtime import resolve_device
 
-    run_dir = Path(run_dir)
     protocol = protocol or Protocol()
-    known = suite_tasks(suite)
-    tasks = list(tasks or known)
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise TaskError(f"suite {suite!r} has no task {unknown} (tasks: {', '.join(known)})")
-    from budgetlm.interop.hf_import import is_hf_bert_dir, load_hf_bert
-
-    if is_hf_bert_dir(run_dir):  # a transformers BERT: results go next to runs, not into it
-        backbone, tokenizer = load_hf_bert(run_dir)
-        name = run_dir.parent.name if run_dir.name == "model" else run_dir.name
-        out_dir = Path(out_dir or Path("runs") / f"hf-{name}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        backbone, tokenizer = load_backbone(run_dir)
-    out_dir = Path(out_dir or run_dir)
+    tasks = check_tasks(suite, tasks)
     torch_device = resolve_device(device)
     load = task_loader(suite, data_dir)
     out: dict[str, Any] = {
         "suite": suite,
-        "run_dir": str(run_dir),
+        **(record or {}),
         "protocol": protocol.to_dict(),
         "seeds": list(seeds),
         "tasks": {},
@@ -105,6 +107,7 @@ def finetune_run(
                 bar.n = round(protocol.epochs * (done + step / total), 2)
                 bar.refresh()
 
+            backbone = backbone_for(seed)
             results.append(
                 finetune_task(backbone, tokenizer, data, protocol, seed, torch_device, show)
             )
@@ -113,8 +116,54 @@ def finetune_run(
     means = [t["mean"] for t in out["tasks"].values()]
     out["average"] = statistics.mean(means)
     out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    write_results(out_dir, suite, out)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_results(Path(out_dir), suite, out)
     return out
 
 
-__all__ = ["finetune_run", "load_backbone", "read_results", "write_results"]
+def finetune_run(
+    run_dir: str | Path,
+    suite: str = "offline",
+    *,
+    out_dir: str | Path | None = None,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] = (1,),
+    protocol: Protocol | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    tasks = check_tasks(suite, tasks)
+    from budgetlm.interop.hf_import import is_hf_bert_dir, load_hf_bert
+
+    if is_hf_bert_dir(run_dir):  # a transformers BERT: results go next to runs, not into it
+        backbone, tokenizer = load_hf_bert(run_dir)
+        name = run_dir.parent.name if run_dir.name == "model" else run_dir.name
+        out_dir = Path(out_dir or Path("runs") / f"hf-{name}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        backbone, tokenizer = load_backbone(run_dir)
+    return finetune_suite(
+        lambda seed: backbone,
+        tokenizer,
+        suite,
+        Path(out_dir or run_dir),
+        tasks=tasks,
+        seeds=seeds,
+        protocol=protocol,
+        data_dir=data_dir,
+        device=device,
+        progress=progress,
+        record={"run_dir": str(run_dir)},
+    )
+
+
+__all__ = [
+    "check_tasks",
+    "finetune_run",
+    "finetune_suite",
+    "load_backbone",
+    "read_results",
+    "write_results",
+]

@@ -330,6 +330,7 @@ def test_clock_keeps_spending_per_purpose_and_restores_it():
     [
         # (preset, vocabulary of its config's data, T5 target length from its objective)
         ("cpu-reference", [("gpt-tiny", 2048, 0), ("bert-tiny", 2048, 0), ("t5-tiny", 2048, 29)]),
+        ("cpu-xeon", [("gpt-tiny", 320, 0)]),  # configs/shakespeare-gpt.yaml
         (
             "h100",
             [("gpt2-small", 50257, 0), ("bert-cramming", 32768, 0), ("t5-v1_1-base", 32128, 114)],

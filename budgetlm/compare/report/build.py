@@ -10,6 +10,7 @@ imports torch, so `budgetlm report` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import yaml
 from budgetlm.budget.clock import Budget
 from budgetlm.compare.analysis import compute_saved, sensitivity, stats
 from budgetlm.compare.analysis.compute_saved import PowerLaw, Saved
+from budgetlm.compare.analysis.control import ControlResult, read_control
 from budgetlm.compare.analysis.references import REFERENCES_FILE
 from budgetlm.compare.analysis.results import CellResult, Tuning, judged_cells, read_cell, tuning
 from budgetlm.compare.analysis.sensitivity import Sensitivity
@@ -132,6 +134,36 @@ class ArmResult:
 
 
 @dataclass
+class Control:
+    """The random-init control on one suite (compare/run/control.py): the baseline's
+    architecture fine-tuned from random weights, one initialisation per fine-tuning seed. A
+    sanity check of pre-training, not a method comparison: outside the Holm family."""
+
+    n: int
+    mean: float
+    std: float
+    task_means: dict[str, float | None]
+    diffs: dict[str, float]  # arm -> its mean suite average minus the control's
+    baseline_diff: float | None  # the baseline's (None: no baseline scores on this suite)
+    # The baseline against the control (Welch, unpaired: pre-training seeds against
+    # fine-tuning seeds); None when either side has fewer than two scores.
+    test: stats.TestResult | None
+    confidence: float
+    other_model: list[str]  # arms whose model section differs from the control's
+
+    @property
+    def helped(self) -> bool | None:
+        """Pre-training beat random initialisation: the baseline is ahead, beyond the interval
+        when there is one. None: the baseline has no scores on this suite."""
+        diff = self.baseline_diff
+        if diff is None:
+            return None
+        if self.test is not None:
+            return self.test.ci_low > 0
+        return diff > 0
+
+
+@dataclass
 class Downstream:
     """Fine-tuning scores of every arm at one budget on one suite (higher is better)."""
 
@@ -139,6 +171,7 @@ class Downstream:
     tasks: list[str]
     comparisons: dict[str, stats.Comparison]  # arm -> against the baseline (suite average)
     protocol: dict[str, Any]
+    control: Control | None = None  # the random-init control, when it has scores here
 
     def verdict(self, arm: str) -> str | None:
         c = self.comparisons.get(arm)
@@ -178,6 +211,7 @@ class Report:
     # budget -> {"unigram", "bigram", "tokens", "split", "note"} from references.json
     references: dict[str, dict[str, Any]] = field(default_factory=dict)
     references_note: str = ""  # what was wrong with references.json, if anything
+    control: ControlResult | None = None  # the random-init control (with `finetune:`)
 
     def arm_result(self, budget: str, arm: str) -> ArmResult:
         return next(r for r in self.results[budget] if r.arm == arm)
@@ -293,7 +327,11 @@ def build_report(out_dir: str | Path) -> Report:
                 )
             )
         results[budget] = row
-    downstream = {budget: _downstream(exp, row) for budget, row in results.items()}
+    control = read_control(out_dir)
+    suite = (exp.finetune or {}).get("suite")
+    if control is not None and control.error is None and suite and suite not in control.downstream:
+        missing.append("the random-init control (controls/random-init)")
+    downstream = {budget: _downstream(exp, row, control) for budget, row in results.items()}
     family, tests = _judge(exp, results, downstream)
     references, references_note = read_references(out_dir, exp.budgets)
     report = Report(
@@ -309,6 +347,7 @@ def build_report(out_dir: str | Path) -> Report:
         tests=tests,
         references=references,
         references_note=references_note,
+        control=control,
     )
     _compute_saved(report)
     _sensitivity(report)
@@ -365,7 +404,9 @@ def _judge(
     return counts, judged
 
 
-def _downstream(exp: Experiment, row: list[ArmResult]) -> list[Downstream]:
+def _downstream(
+    exp: Experiment, row: list[ArmResult], control: ControlResult | None = None
+) -> list[Downstream]:
     """Each suite's scores at one budget, tested but not yet judged (see `_judge`)."""
     suites: dict[str, dict[str, Any]] = {}
     for r in row:
@@ -377,8 +418,60 @@ def _downstream(exp: Experiment, row: list[ArmResult]) -> list[Downstream]:
         data = {r.arm: r.downstream_by_seed(suite) for r in row if r.downstream(suite)}
         raw = _raw_tests(exp, data, lower_is_better=False)
         comparisons = {c.arm: c for c in raw}
-        out.append(Downstream(suite, list(example["tasks"]), comparisons, example["protocol"]))
+        tasks = list(example["tasks"])
+        d = Downstream(suite, tasks, comparisons, example["protocol"])
+        d.control = _control(exp, row, control, suite, tasks)
+        out.append(d)
     return out
+
+
+def _control(
+    exp: Experiment,
+    row: list[ArmResult],
+    control: ControlResult | None,
+    suite: str,
+    tasks: list[str],
+) -> Control | None:
+    """The control's scores on `suite` and each arm's difference to them."""
+    values = control.scores(suite) if control is not None else []
+    if control is None or not values:
+        return None
+    mean, std = stats.mean_std(values)
+    task_means = {}
+    for task in tasks:
+        scores = control.scores(suite, task)
+        task_means[task] = sum(scores) / len(scores) if scores else None
+    diffs = {
+        r.arm: stats.mean_std(r.downstream(suite))[0] - mean for r in row if r.downstream(suite)
+    }
+    base = row_of(row, exp.baseline)
+    base_values = base.downstream(suite) if base is not None else []
+    test = None
+    if len(base_values) >= 2 and len(values) >= 2:
+        with contextlib.suppress(ValueError):  # a non-finite score: no interval
+            test = stats.welch(base_values, values, confidence=exp.stats.confidence)
+    other = [
+        r.arm
+        for r in row
+        if r.downstream(suite)
+        and control.model is not None
+        and (saved_config(r.finished).get("model") or control.model) != control.model
+    ]
+    return Control(
+        n=len(values),
+        mean=mean,
+        std=std,
+        task_means=task_means,
+        diffs=diffs,
+        baseline_diff=diffs.get(exp.baseline),
+        test=test,
+        confidence=exp.stats.confidence,
+        other_model=other,
+    )
+
+
+def row_of(row: list[ArmResult], arm: str) -> ArmResult | None:
+    return next((r for r in row if r.arm == arm), None)
 
 
 # -- compute saved and price sensitivity -------------------------------------------------------

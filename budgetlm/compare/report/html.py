@@ -16,6 +16,8 @@ from budgetlm.compare.report.tables import (
     SUMMARY_HEADER,
     TUNING_HEADER,
     VERDICT_COLUMN,
+    control_failure,
+    control_sentence,
     downstream_cells,
     downstream_header,
     failed_cells,
@@ -30,7 +32,9 @@ VERDICT_CLASS = {
     "no significant difference": "same",
     "not tested": "untested",
     "baseline": "baseline",
+    "control": "baseline",
 }
+CONTROL_COLOR = "#9e9e9e"  # the random-init control's swatch (it has no chart series)
 
 # Tables may not widen the page (a 1280 px window shows every column): cells break lines where
 # the formatted text allows it ("\n", shown as a smaller second line), headers wrap freely,
@@ -150,6 +154,8 @@ def render_html(report: Report) -> str:
             f"<p><b>Unfinished grid:</b> {len(report.missing)} cells have not finished: "
             f"{_e(shown)}. Run the same compare command again to complete them.</p>"
         )
+    if (failure := control_failure(report)) is not None:
+        parts.append(f'<p class="warning">{_e(failure)}</p>')
     for budget in exp.budgets:
         parts += _budget_section(report, budget, charts)
     if (chart := charts.loss_vs_budget()) is not None:
@@ -203,11 +209,15 @@ def _budget_section(report: Report, budget: str, charts: Charts) -> list[str]:
         rows = downstream_cells(report, budget, d)
         column = DOWNSTREAM_VERDICT_COLUMN
         classes = {(i, column): _verdict_class(row[column]) for i, row in enumerate(rows)}
+        swatches = [colors.get(row[0], CONTROL_COLOR) for row in rows]
         parts += [
             f"<h3>Downstream: {_e(d.suite)}</h3>",
-            _table(downstream_header(d), rows, classes, [colors[row[0]] for row in rows]),
-            f'<p class="note">{_e(notes.downstream_note(d))}</p>',
+            _table(downstream_header(d), rows, classes, swatches),
         ]
+        if (control := control_sentence(d)) is not None:
+            text, warn = control
+            parts.append(f'<p class="{"warning" if warn else "note"}">{_e(text)}</p>')
+        parts.append(f'<p class="note">{_e(notes.downstream_note(d))}</p>')
     parts += [
         '<div class="charts">',
         _figure(charts.final_losses(budget), FINAL_CAPTION),

@@ -9,6 +9,8 @@ from budgetlm.compare.report.tables import (
     REFERENCES_HEADER,
     SUMMARY_HEADER,
     TUNING_HEADER,
+    control_failure,
+    control_sentence,
     downstream_cells,
     downstream_header,
     failed_cells,
@@ -36,6 +38,8 @@ def render_markdown(report: Report) -> str:
     lines += [f"{notes.intro(report)} Charts are in report.html.", ""]
     if report.missing:
         lines += [f"**Unfinished grid:** {len(report.missing)} cells have not finished.", ""]
+    if (failure := control_failure(report)) is not None:
+        lines += [f"> **Warning:** {failure}", ""]
     for budget in exp.budgets:
         rows = [summary_cells(report, r) for r in report.results[budget]]
         lines += [f"## Budget {budget}", ""]
@@ -47,8 +51,11 @@ def render_markdown(report: Report) -> str:
         lines += [notes.wall_caption(report, budget), ""]
         for d in report.downstream.get(budget, []):
             rows = downstream_cells(report, budget, d)
-            lines += [f"### Downstream: {d.suite}", "", *_table(downstream_header(d), rows)]
-            lines += ["", notes.downstream_note(d), ""]
+            lines += [f"### Downstream: {d.suite}", "", *_table(downstream_header(d), rows), ""]
+            if (control := control_sentence(d)) is not None:
+                text, warn = control
+                lines += [f"> **Warning:** {text}" if warn else text, ""]
+            lines += [notes.downstream_note(d), ""]
     lines += [notes.stats_note(report), "", notes.TRAIN_LOSS, ""]
     if report.references or report.references_note:
         lines += ["## N-gram references", "", notes.REFERENCES_NOTE, ""]

@@ -13,7 +13,7 @@ from typing import Any
 from budgetlm.compare.analysis import stats
 from budgetlm.compare.analysis.compute_saved import BETTER_THAN_RANGE, OK, Saved
 from budgetlm.compare.analysis.results import CellResult, read_cell
-from budgetlm.compare.report.build import ArmResult, Downstream, Report
+from budgetlm.compare.report.build import ArmResult, Control, Downstream, Report
 
 DASH = "–"
 
@@ -344,9 +344,13 @@ DOWNSTREAM_COLUMNS = (
     "mdd_alpha",
     "excludes_beyond",
     "verdict",
+    "diff_vs_random_init",
     "task",
     "task_mean",
 )
+
+CONTROL_ARM = "random init (control)"  # the control's row in the downstream table
+CONTROL_HEADER = "Δ vs random init"
 
 
 @dataclass
@@ -381,24 +385,101 @@ def downstream_table(report: Report, budget: str, d: Downstream) -> list[Downstr
 
 
 def downstream_header(d: Downstream) -> list[str]:
-    return ["arm", "n", f"{d.suite} average", DELTA_HEADER, "verdict", *d.tasks]
+    control = [CONTROL_HEADER] if d.control is not None else []
+    return ["arm", "n", f"{d.suite} average", DELTA_HEADER, "verdict", *control, *d.tasks]
 
 
 DOWNSTREAM_VERDICT_COLUMN = 4
 
 
 def downstream_cells(report: Report, budget: str, d: Downstream) -> list[list[str]]:
-    return [
+    """The arms' rows, then the random-init control's (when it has scores on this suite)."""
+    c = d.control
+    rows = [
         [
             row.arm,
             str(row.n),
             fmt_mean_std(row.mean, row.std),
             fmt_delta(row.comparison),
             _downstream_verdict(row),
+            *([_fmt_signed(c.diffs.get(row.arm))] if c is not None else []),
             *(fmt(v) for v in row.task_means.values()),
         ]
         for row in downstream_table(report, budget, d)
     ]
+    if c is not None:
+        rows.append(
+            [
+                CONTROL_ARM,
+                str(c.n),
+                fmt_mean_std(c.mean, c.std),
+                DASH,
+                "control",
+                DASH,
+                *(fmt(v) for v in c.task_means.values()),
+            ]
+        )
+    return rows
+
+
+def control_failure(report: Report) -> str | None:
+    """Why the random-init control has no scores, when it failed."""
+    control = report.control
+    if control is None or control.error is None:
+        return None
+    error = control.error
+    return (
+        f"The random-init control failed ({error.get('type')}: {error.get('message')}); see "
+        f"{control.run_dir / 'error.json'}. Run the compare command again with --retry-failed."
+    )
+
+
+def _fmt_signed(value: float | None) -> str:
+    return DASH if _missing(value) else f"{value:+.4f}"
+
+
+def control_sentence(d: Downstream) -> tuple[str, bool] | None:
+    """What the control says about pre-training on this suite, and whether it is a warning."""
+    c = d.control
+    if c is None or c.baseline_diff is None:
+        return None
+    diff = c.baseline_diff
+    interval = ""
+    if c.test is not None:
+        interval = (
+            f", {c.confidence:.0%} interval [{c.test.ci_low:+.4f}, {c.test.ci_high:+.4f}] "
+            "(Welch: the baseline's pre-training seeds against the control's seeds)"
+        )
+    if c.helped:
+        text = f"Pre-training helped: the baseline beats random initialisation by {diff:+.4f}"
+        text += (
+            interval or " (untested: one score on a side; more fine-tuning seeds give an interval)"
+        )
+        text += "."
+    else:
+        beyond = "" if diff <= 0 or c.test is None else " beyond the noise"
+        text = (
+            f"Pre-training did not beat random initialisation on this suite{beyond} (baseline "
+            f"− random init: {diff:+.4f}{interval}): downstream differences between methods "
+            "say little."
+        )
+    text += f" {control_note(c)}"
+    return text, not c.helped
+
+
+def control_note(c: Control) -> str:
+    text = (
+        f"The {CONTROL_ARM} row is the baseline's architecture fine-tuned from random weights "
+        f"with the same protocol, tasks and fine-tuning seeds, one initialisation per seed "
+        f"(n = {c.n}); {CONTROL_HEADER} is each arm's mean minus the control's. Not part of "
+        "the Holm family."
+    )
+    if c.other_model:
+        text += (
+            f" {', '.join(c.other_model)} have another model config than the baseline: their "
+            "difference to the control mixes architecture and pre-training."
+        )
+    return text
 
 
 def _downstream_verdict(row: DownstreamRow) -> str:
@@ -412,6 +493,7 @@ def downstream_csv_rows(report: Report) -> list[dict[str, Any]]:
     out = []
     for budget, suites in report.downstream.items():
         for d in suites:
+            control = d.control
             for row in downstream_table(report, budget, d):
                 c = row.comparison
                 for task, task_mean in row.task_means.items():
@@ -430,6 +512,22 @@ def downstream_csv_rows(report: Report) -> list[dict[str, Any]]:
                             "p_adjusted": c.p_adjusted if c else None,
                             **_test_columns(c),
                             "verdict": row.verdict,
+                            "diff_vs_random_init": control.diffs.get(row.arm) if control else None,
+                            "task": task,
+                            "task_mean": task_mean,
+                        }
+                    )
+            if control is not None:
+                for task, task_mean in control.task_means.items():
+                    out.append(
+                        {
+                            "budget": budget,
+                            "suite": d.suite,
+                            "arm": CONTROL_ARM,
+                            "n": control.n,
+                            "average_mean": control.mean,
+                            "average_std": control.std,
+                            "verdict": "control",
                             "task": task,
                             "task_mean": task_mean,
                         }

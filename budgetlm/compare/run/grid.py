@@ -4,6 +4,8 @@ Layout of the output folder:
     experiment.json         the experiment as resolved (what `budgetlm report` reads)
     cells/<arm>/<budget>/[lr<x>/]seed<k>/   one ordinary run directory per cell (+ cell.yaml)
     rho/                    RHO-loss IL tables, shared by the cells of a seed
+    controls/random-init/   with `finetune:`, the baseline's architecture fine-tuned from
+                            random weights once the cells are done (compare/run/control.py)
     report.html, report.md, summary.csv, cells.csv
 
 Re-running skips finished cells, resumes interrupted ones from their last checkpoint, and keeps
@@ -39,6 +41,7 @@ from budgetlm.compare.run.cell import (
     FINETUNE_SPEC,
     write_error,
 )
+from budgetlm.compare.run.control import control_dir, prepare_control, run_control_process
 from budgetlm.compare.run.experiment import Cell, Experiment, ExperimentError
 from budgetlm.config import RESUME_SAFE, Config, config_diff, dump_yaml
 
@@ -56,10 +59,12 @@ class GridOutcome:
     failed: list[Cell] = field(default_factory=list)
     interrupted: list[Cell] = field(default_factory=list)
     skipped: list[Cell] = field(default_factory=list)  # finished before this invocation
+    # The random-init control (with `finetune:`): none, finished, skipped, failed, interrupted.
+    control: str = "none"
 
     @property
     def stopped(self) -> bool:
-        return bool(self.interrupted)
+        return bool(self.interrupted) or self.control == "interrupted"
 
 
 @dataclass
@@ -95,7 +100,10 @@ class GridRunner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with self._exclusive(), self._signals():
             self._write_experiment()
-            return self._run_grid()
+            outcome = self._run_grid()
+            if not self._stop_requests:
+                outcome.control = self._run_control()
+            return outcome
 
     # -- setup ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -196,6 +204,25 @@ class GridRunner:
                     resolve_data(cfg, progress=self.progress)
                 except Exception:  # noqa: BLE001 - the cell fails on its own and records why
                     continue
+
+    def _run_control(self) -> str:
+        """The random-init control, once every cell is done (compare/run/control.py)."""
+        state = prepare_control(
+            self.exp, self.out_dir, threads=self.threads, retry_failed=self.retry_failed
+        )
+        if state != "todo":
+            return "skipped" if state == "finished" else state
+        if self.progress:
+            tqdm.write("fine-tuning the random-init control", file=sys.stderr)
+        code = run_control_process(
+            control_dir(self.out_dir),
+            threads=self.threads,  # as a cell's fine-tuning: the same numbers whatever --jobs
+            stop_requested=lambda: bool(self._stop_requests),
+            poll_seconds=self.poll_seconds,
+        )
+        if code == 0:
+            return "finished"
+        return "interrupted" if code == EXIT_INTERRUPTED else "failed"
 
     # -- the grid ---------------------------------------------------------------------------
     def _add(

@@ -164,7 +164,12 @@ def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
         stored = json.loads((runs[0] / "finetune/glue.json").read_text())
         assert set(stored["tasks"]) == {"rte"}
     with open(finished_grid / "downstream.csv") as f:
-        assert {r["arm"] for r in csv.DictReader(f)} == {"baseline", "lion"}
+        # ... and the baseline's architecture fine-tuned from random weights, the control.
+        assert {r["arm"] for r in csv.DictReader(f)} == {
+            "baseline",
+            "lion",
+            "random init (control)",
+        }
 
 
 def test_rerun_of_a_finished_grid_runs_nothing(finished_grid, capsys):

@@ -1,0 +1,111 @@
+"""The control: fine-tune a run's architecture from random initialisation.
+
+Downstream differences between pre-training methods mean little when pre-training does not
+help at all, which tiny models on tiny budgets can fail to do. The control answers that: the
+same model shape, the same tokenizer, the same protocol, tasks and fine-tuning seeds as
+`finetune_run`, through the same loop (`run.finetune_suite`), but from fresh weights. For
+fine-tuning seed `s` the backbone is built after `torch.manual_seed(s)`, exactly as a
+pre-training run with `run.seed = s` builds its model at step 0, so the spread over seeds
+includes the initialisation's. Results are stored like a run's (`OUT/finetune/<suite>.json`,
+plus `init: random`, the shape and where it came from), so the same readers work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from budgetlm.config import Config, load_config
+from budgetlm.errors import UserError
+from budgetlm.finetune.protocol import Protocol
+from budgetlm.finetune.run import check_tasks, finetune_suite
+from budgetlm.models import ModelShape, build_model
+
+RANDOM_INIT = "random"
+
+
+class ControlError(UserError, FileNotFoundError):
+    """The control's source is neither a config file nor a folder that holds one."""
+
+
+def control_source(source: str | Path | Config) -> tuple[Config, ModelShape | None, str]:
+    """The config whose architecture the control takes, the shape to build (None: the config's
+    own, fitted to its data) and a label. `source` is a Config, a config YAML file, a run
+    directory (the shape of its newest checkpoint: a run that grew is its grown shape) or a
+    compare cell / control folder (its `cell.yaml` or `control.yaml`)."""
+    if isinstance(source, Config):
+        return source, None, "config"
+    path = Path(source)
+    if path.is_file():
+        return load_config(path), None, str(path)
+    if not path.is_dir():
+        raise ControlError(f"{path}: no such run directory or config file")
+    from budgetlm.train.checkpoint import complete_checkpoints
+    from budgetlm.train.resume import checkpoint_shape
+
+    found = complete_checkpoints(path / "checkpoints") if (path / "checkpoints").is_dir() else []
+    for name in ("config.yaml", "cell.yaml", "control.yaml"):
+        if (path / name).is_file():
+            shape = checkpoint_shape(found[-1]) if found else None
+            return load_config(path / name), shape, str(path)
+    raise ControlError(f"{path}: no config.yaml, cell.yaml or control.yaml")
+
+
+def random_backbone(shape: ModelShape, seed: int) -> nn.Module:
+    """A freshly initialised model of `shape`, as a pre-training run of `seed` starts."""
+    torch.manual_seed(seed)
+    return build_model(shape)
+
+
+def finetune_random_init(
+    source: str | Path | Config,
+    suite: str = "offline",
+    *,
+    out_dir: str | Path,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] = (1,),
+    protocol: Protocol | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune `source`'s architecture from random weights (one initialisation per
+    fine-tuning seed) and write `out_dir/finetune/<suite>.json` in `finetune_run`'s format."""
+    from budgetlm.train.run_data import resolve_data
+
+    tasks = check_tasks(suite, tasks)  # before preparing any data
+    cfg, shape, label = control_source(source)
+    data = resolve_data(cfg, progress=False)
+    shape = shape or data.shape
+    return finetune_suite(
+        lambda seed: random_backbone(shape, seed),
+        data.dataset.tokenizer,
+        suite,
+        Path(out_dir),
+        tasks=tasks,
+        seeds=seeds,
+        protocol=protocol,
+        data_dir=data_dir,
+        device=device,
+        progress=progress,
+        record={
+            "run_dir": label,
+            "init": RANDOM_INIT,
+            "init_seeds": list(seeds),
+            "shape": dataclasses.asdict(shape),
+        },
+    )
+
+
+__all__ = [
+    "RANDOM_INIT",
+    "ControlError",
+    "control_source",
+    "finetune_random_init",
+    "random_backbone",
+]
