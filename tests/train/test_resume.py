@@ -37,8 +37,9 @@ def _args(family, run_dir, *extra):
 
 
 def _cli(*args):
-    """A fresh process, as a user (or a scheduler restarting a job) would run it."""
-    env = dict(os.environ)
+    """A fresh process, as a user (or a scheduler restarting a job) would run it. Its thread
+    count is pinned: bit-exactness across processes must not depend on how busy the machine is."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_DYNAMIC": "FALSE"}
     out = subprocess.run(
         [sys.executable, "-m", "budgetlm", "train", "--quiet", *args],
         capture_output=True,
