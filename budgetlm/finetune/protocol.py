@@ -31,3 +31,9 @@ class Protocol:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Protocol:
+        """The protocol an experiment's `finetune:` section sets; its other keys (suite, tasks,
+        seeds, data_dir) are not protocol settings and are ignored here."""
+        return cls(**{k: v for k, v in spec.items() if k in cls.__dataclass_fields__})

@@ -86,3 +86,26 @@ def test_help_and_version_do_not_import_torch(argv):
     assert imported and "budgetlm.cli.main" in imported
     heavy = [m for m in imported if m.split(".")[0] == "torch"]
     assert not heavy, heavy[:5]
+
+
+def test_an_unknown_corpus_is_a_message_and_exit_2_not_a_traceback(capsys):
+    from budgetlm.cli import main
+
+    assert main(["prepare", "--corpus", "shakespeer"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'shakespeare'" in err.lower() and "Traceback" not in err
+
+
+def test_importing_the_package_turns_off_mkl_dynamic_threads_unless_set():
+    """Bit-exact resume must not depend on machine load (MKL would shrink its thread count)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import budgetlm.compare.run.cell, os; print(os.environ['MKL_DYNAMIC'])"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_DYNAMIC"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.stdout.strip() == "FALSE"
+    env["MKL_DYNAMIC"] = "TRUE"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.stdout.strip() == "TRUE"

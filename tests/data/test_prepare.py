@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -16,10 +15,9 @@ from budgetlm.data.tokenizer import train_tokenizer
 
 
 @pytest.mark.parametrize("kind", ["bpe", "wordpiece", "unigram"])
-def test_fixture_prepares_quickly_for_each_tokenizer(tmp_path, kind):
-    start = time.perf_counter()
+def test_fixture_prepares_for_each_tokenizer(tmp_path, kind):
+    # No timing assertion: a test must not depend on how busy the machine is.
     path = prepare_dataset("fixture", kind, 2048, out_dir=tmp_path / kind, progress=False)
-    assert time.perf_counter() - start < 20  # about 0.2-0.5 s on 2 cores
     ds = load_prepared(path)
     meta = ds.meta
     assert meta["tokenizer"] == kind and meta["vocab_size"] == ds.tokenizer.vocab_size == 2048

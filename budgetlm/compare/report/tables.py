@@ -141,18 +141,8 @@ def csv_value(value: Any) -> Any:
     return value
 
 
-# -- summary: one row per arm and budget ---------------------------------------------------------
-
-SUMMARY_COLUMNS = (
-    "budget",
-    "arm",
-    "method",
-    "optim",
-    "lr",
-    "lr_tuned",
-    "n",
-    "loss_mean",
-    "loss_std",
+# An arm's test against the baseline, the same columns in summary.csv and downstream.csv.
+COMPARISON_COLUMNS = (
     "diff_vs_baseline",
     "ci_low",
     "ci_high",
@@ -166,6 +156,22 @@ SUMMARY_COLUMNS = (
     "mdd",
     "mdd_alpha",
     "excludes_beyond",
+)
+
+
+# -- summary: one row per arm and budget ---------------------------------------------------------
+
+SUMMARY_COLUMNS = (
+    "budget",
+    "arm",
+    "method",
+    "optim",
+    "lr",
+    "lr_tuned",
+    "n",
+    "loss_mean",
+    "loss_std",
+    *COMPARISON_COLUMNS,
     "verdict",
     "compute_saved",
     "compute_saved_ci_low",
@@ -233,12 +239,7 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
                     "n": len(r.losses),
                     "loss_mean": ms[0] if ms else None,
                     "loss_std": ms[1] if ms else None,
-                    "diff_vs_baseline": c.diff if c else None,
-                    "ci_low": c.ci_low if c else None,
-                    "ci_high": c.ci_high if c else None,
-                    "p_value": c.p_value if c else None,
-                    "p_adjusted": c.p_adjusted if c else None,
-                    **_test_columns(c),
+                    **_comparison_columns(c),
                     "verdict": verdict(report, r),
                     **_saved_columns(report, r),
                     **_sensitivity_columns(r),
@@ -254,10 +255,16 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
     return rows
 
 
-def _test_columns(c: stats.Comparison | None) -> dict[str, Any]:
+def _comparison_columns(c: stats.Comparison | None) -> dict[str, Any]:
+    """COMPARISON_COLUMNS of one test (none for the baseline itself: empty cells)."""
     if c is None:
         return {}
     return {
+        "diff_vs_baseline": c.diff,
+        "ci_low": c.ci_low,
+        "ci_high": c.ci_high,
+        "p_value": c.p_value,
+        "p_adjusted": c.p_adjusted,
         "test": c.test,
         "design": c.design,
         "n_pairs": c.n_pairs,
@@ -330,19 +337,7 @@ DOWNSTREAM_COLUMNS = (
     "n",
     "average_mean",
     "average_std",
-    "diff_vs_baseline",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "p_adjusted",
-    "test",
-    "design",
-    "n_pairs",
-    "test_note",
-    "holm_family_size",
-    "mdd",
-    "mdd_alpha",
-    "excludes_beyond",
+    *COMPARISON_COLUMNS,
     "verdict",
     "diff_vs_random_init",
     "task",
@@ -505,12 +500,7 @@ def downstream_csv_rows(report: Report) -> list[dict[str, Any]]:
                             "n": row.n,
                             "average_mean": row.mean,
                             "average_std": row.std,
-                            "diff_vs_baseline": c.diff if c else None,
-                            "ci_low": c.ci_low if c else None,
-                            "ci_high": c.ci_high if c else None,
-                            "p_value": c.p_value if c else None,
-                            "p_adjusted": c.p_adjusted if c else None,
-                            **_test_columns(c),
+                            **_comparison_columns(c),
                             "verdict": row.verdict,
                             "diff_vs_random_init": control.diffs.get(row.arm) if control else None,
                             "task": task,

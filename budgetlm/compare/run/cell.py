@@ -122,7 +122,7 @@ def finetune_cell(cell_dir: Path) -> int:
     from budgetlm.finetune.run import finetune_run
 
     (cell_dir / FINETUNE_ERROR).unlink(missing_ok=True)
-    protocol = Protocol(**{k: v for k, v in spec.items() if k in Protocol.__dataclass_fields__})
+    protocol = Protocol.from_spec(spec)
     try:
         results = finetune_run(
             cell_dir,

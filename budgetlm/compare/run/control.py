@@ -134,7 +134,6 @@ def run_control(folder: Path) -> int:
         from budgetlm.finetune.protocol import Protocol
 
         (folder / ERROR_FILE).unlink(missing_ok=True)
-        fields = Protocol.__dataclass_fields__
         try:
             results = finetune_random_init(
                 folder / CONTROL_CONFIG,
@@ -142,7 +141,7 @@ def run_control(folder: Path) -> int:
                 out_dir=folder,
                 tasks=spec.get("tasks"),
                 seeds=spec.get("seeds", [1]),
-                protocol=Protocol(**{k: v for k, v in spec.items() if k in fields}),
+                protocol=Protocol.from_spec(spec),
                 data_dir=spec.get("data_dir"),
                 progress=False,
             )

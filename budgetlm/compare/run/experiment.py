@@ -622,7 +622,7 @@ def _finetune(raw: Any, root: Path) -> dict[str, Any] | None:
         unknown = [t for t in spec.get("tasks") or [] if t not in known]
         if unknown:
             raise TaskError(f"suite {spec['suite']!r} has no task {unknown}")
-        Protocol(**{k: v for k, v in spec.items() if k in Protocol.__dataclass_fields__})
+        Protocol.from_spec(spec)
     except (TaskError, ValueError, TypeError) as e:
         raise ExperimentError(f"finetune: {e}") from e
     if spec.get("data_dir"):
