@@ -8,10 +8,12 @@ closest valid one. Every field has a default, so an empty file is a valid (tiny 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import sys
 import types
 import typing
@@ -37,9 +39,10 @@ class RunConfig:
     out_dir: str = "runs"
     """parent folder of run directories"""
     dir: str | None = None
-    """explicit run directory; default: `out_dir/<name>-<config hash>`"""
+    """explicit run directory; default: `out_dir/<name>-<identity hash>` (see "Run identity")"""
     seed: int = 1
-    """seeds model initialisation, data order and per-example masks"""
+    """seeds model initialisation, data order and per-example masks; another seed is another
+    run (another folder), and a run cannot be resumed with another seed"""
     tags: dict[str, str] = field(default_factory=dict)
     """labels for experiment trackers (`budgetlm compare` sets `experiment`, `arm`, `budget`,
     `seed` and, when tuning, `lr`); they change nothing trained (docs/tracking.md)"""
@@ -193,6 +196,11 @@ class TrainConfig:
     """checkpoint at every multiple of this fraction of the budget; 0 = only at the end"""
     keep_checkpoints: int = 2
     """newest complete checkpoints kept"""
+    on_nonfinite: str = "halt"
+    """a non-finite loss or gradient norm (checked every step, before the optimizer step):
+    `halt` stops the run with exit code 3 and saves nothing non-finite; `skip` leaves the
+    weights and optimizer state untouched, records the skip and still charges the step.
+    A non-finite held-out loss always halts"""
     progress_bar: bool = True
     """show the progress bar (`--quiet` turns it off)"""
     loggers: list[str] = field(default_factory=list)
@@ -227,6 +235,9 @@ class RSTConfig:
     the fit); default: the tolerance the table was written with"""
     allow_table_change: bool = False
     """resume under a different table than the checkpoint was made with"""
+    verify: str = "hash"
+    """`hash`: check the table's content hash and internal consistency; `probe`: also time a
+    few of its shapes on this machine and refuse a table that disagrees wildly (docs/rst.md)"""
 
 
 @dataclass
@@ -250,17 +261,56 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
-    def hash(self, exclude: tuple[str, ...] = ("run",)) -> str:
-        """Content hash of the settings that change what is trained (run naming excluded)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
-        for key in OBSERVATION_ONLY:  # watching a run differently is still the same run
-            section, name = key.split(".")
-            d.get(section, {}).pop(name, None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+    def hash(self) -> str:
+        """The run's identity: a content hash of every setting that changes what the run trains
+        or records as its result (the seed included), and of none in `IDENTITY_EXCLUDED`. It
+        names the run folder (`<run.name>-<hash[:8]>`), so a run started again with the same
+        identity continues (or reports) the same run, and any other is a new one."""
+        return hashlib.sha256(json.dumps(identity_dict(self), sort_keys=True).encode()).hexdigest()
 
 
-# Settings that only choose where a run is observed (experiment trackers): not part of the config
-# hash, so turning a tracker on continues the same run directory.
+# -- run identity and resume safety ---------------------------------------------------------------
+#
+# Every key is part of the run's identity unless it is listed here with why it is not. A key is
+# left out only when it cannot change what is trained or the result recorded; in exchange every
+# key left out may also change when a run is resumed (it is in RESUME_SAFE): a setting that
+# shares a run folder must not stop that run from continuing.
+
+_WHERE = "where the run is written and how it is labelled, not what it trains"
+_WATCHED = "how the run is watched: nothing trained or recorded as its result changes"
+_EXECUTION = (
+    "how the same computation is executed: it can change floating-point rounding (summation "
+    "order across CPU threads, fused kernels, GPU vs CPU arithmetic), which is treated like a "
+    "change of machine, not of experiment; so a run may move between machines and resume. "
+    "With `train.precision=auto` the device also picks bf16 or fp32: set `train.precision` to "
+    "make the precision part of the identity"
+)
+_HOUSEKEEPING = "housekeeping and checks that refuse or allow, never change, what is computed"
+
+IDENTITY_EXCLUDED: dict[str, str] = {
+    "run.name": _WHERE,  # already in the folder name
+    "run.out_dir": _WHERE,
+    "run.dir": _WHERE,
+    "run.tags": _WHERE,
+    "train.progress_bar": _WATCHED,  # --quiet
+    "train.log_every": _WATCHED,
+    "train.loggers": _WATCHED,
+    "train.wandb_project": _WATCHED,
+    "train.wandb_entity": _WATCHED,
+    "train.wandb_mode": _WATCHED,
+    "train.mlflow_uri": _WATCHED,
+    "train.mlflow_experiment": _WATCHED,
+    "train.threads": _EXECUTION,
+    "train.device": _EXECUTION,
+    "train.compile": _EXECUTION,
+    "train.parallel": _EXECUTION,
+    "train.keep_checkpoints": _HOUSEKEEPING,
+    "rst.verify": _HOUSEKEEPING,
+    "rst.tolerance": _HOUSEKEEPING,
+    "rst.allow_table_change": _HOUSEKEEPING,
+}
+
+# Settings that only choose where a run is observed (experiment trackers).
 OBSERVATION_ONLY = {
     "train.loggers",
     "train.wandb_project",
@@ -270,22 +320,56 @@ OBSERVATION_ONLY = {
     "train.mlflow_experiment",
 }
 
-# Settings that may differ between an interrupted run and its resumption. rst.table may move:
-# the checkpoint stores the table's content hash, which is checked on resume.
+# Settings that may differ between an interrupted run and its resumption: everything outside the
+# identity, and rst.table, which may move: the checkpoint stores the table's content hash, which
+# is checked on resume (the table stays in the identity: another table prices another run).
+# run.seed is not here: another seed is another run.
 RESUME_SAFE = {
-    "rst.allow_table_change",
+    *IDENTITY_EXCLUDED,
     "rst.table",
-    "rst.tolerance",
-    "train.progress_bar",
-    *OBSERVATION_ONLY,
     "train.tensorboard",  # replaced by train.loggers: run directories from before still resume
-    "train.log_every",
-    "train.threads",
-    "train.keep_checkpoints",
-    "train.compile",
-    "train.device",
-    "train.parallel",
 }
+
+
+def identity_dict(cfg: Config) -> dict[str, Any]:
+    """The settings that make up the run's identity (`Config.hash`), as a nested dict."""
+    d = cfg.to_dict()
+    for key in IDENTITY_EXCLUDED:
+        section, name = key.split(".")
+        d.get(section, {}).pop(name, None)
+    return d
+
+
+def is_identity_key(key: str) -> bool:
+    """Whether the dotted config key is part of the run's identity."""
+    return key not in IDENTITY_EXCLUDED
+
+
+def resume_drift(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys that differ between a run's saved config and the config continuing it and
+    may not: everything outside RESUME_SAFE, `run.seed` included. A key the saved config lacks
+    (it predates the key) counts only when the current value is not the key's default."""
+    defaults = Config().to_dict()
+    drift = []
+    for key in config_diff(saved, current):
+        if any(key == safe or key.startswith(safe + ".") for safe in RESUME_SAFE):
+            continue  # run.tags.arm is inside run.tags
+        if _lookup(saved, key) is _MISSING and _lookup(current, key) == _lookup(defaults, key):
+            continue
+        drift.append(key)
+    return drift
+
+
+_MISSING = object()
+
+
+def _lookup(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
 
 
 def _plain(obj: Any) -> Any:
@@ -450,14 +534,17 @@ def _to_int(value: Any, key: str) -> int:
 
 
 def _to_float(value: Any, key: str, expected: str = "a number") -> float:
+    number = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ConfigError(f"{key} must be {expected}, got {value!r}")
+        number = float(value)
+    elif isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    if not math.isfinite(number):  # .nan, .inf, "nan", 1e999: never a meaningful setting
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return number
 
 
 def _to_str(value: Any, key: str) -> str:
@@ -481,7 +568,71 @@ _CHOICES = {
     "data.objective": ("causal_lm", "mlm", "span_corruption"),
     "train.parallel": ("auto", "ddp", "fsdp"),
     "train.eval_split": ("test", "tune", "val"),
+    "train.on_nonfinite": ("halt", "skip"),
+    "rst.verify": ("hash", "probe"),
 }
+
+
+def _at_least(low: float) -> tuple[typing.Callable[[float], bool], str]:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+def _between(low: float, high: float, *, open_low: bool = False, open_high: bool = False):  # noqa: ANN202
+    def ok(v: float) -> bool:
+        return (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+
+    return ok, f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+
+_POSITIVE = ((lambda v: v > 0), "> 0")
+_COUNT = _at_least(1)
+_FRACTION = _between(0, 1)
+# Numeric settings and the values they may take (an unset, None, value is never checked). The
+# model's knobs are checked by the shape (`get_shape`), optimizer and method options by their
+# plug-ins.
+_NUMBER_RULES: dict[str, tuple[typing.Callable[[float], bool], str]] = {
+    "run.seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
+    "data.vocab_size": _COUNT,
+    "data.val_fraction": _between(0, 1, open_low=True, open_high=True),
+    "data.heldout_min_documents": _COUNT,
+    "data.max_bytes": _COUNT,
+    "data.mask_prob": _between(0, 1, open_low=True, open_high=True),
+    "data.noise_density": _between(0, 1, open_low=True, open_high=True),
+    "data.mean_span": _at_least(1),
+    "optim.lr": _POSITIVE,
+    "optim.eps": _POSITIVE,
+    "optim.weight_decay": _at_least(0),
+    "optim.grad_clip": _at_least(0),
+    "optim.betas[0]": _between(0, 1, open_high=True),
+    "optim.betas[1]": _between(0, 1, open_high=True),
+    "schedule.warmup": _FRACTION,
+    "schedule.final": _at_least(0),
+    "schedule.start_factor": _FRACTION,
+    "schedule.peak_at": _FRACTION,
+    "schedule.decay": _FRACTION,
+    "train.batch_size": _COUNT,
+    "train.micro_batch_size": _COUNT,
+    "train.threads": _COUNT,
+    "train.log_every": _COUNT,
+    "train.eval_every": _FRACTION,
+    "train.eval_batches": _COUNT,
+    "train.eval_batch_size": _COUNT,
+    "train.eval_seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
+    "train.checkpoint_every": _FRACTION,
+    "train.keep_checkpoints": _COUNT,
+    "rst.tolerance": _POSITIVE,
+}
+
+
+def _check_numbers(cfg: Config) -> None:
+    for key, (ok, expected) in _NUMBER_RULES.items():
+        section, name = key.split(".")
+        name, _, index = name.partition("[")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and index:
+            value = value[int(index.rstrip("]"))]
+        if value is not None and not ok(value):
+            raise ConfigError(f"{key} must be {expected}, got {value!r}")
 
 
 def validate(cfg: Config) -> None:
@@ -517,21 +668,14 @@ def validate(cfg: Config) -> None:
         make_schedule(cfg.schedule.name, cfg.optim.lr, **cfg.schedule.options())
     except ValueError as e:
         raise ConfigError(f"schedule: {e}") from e
+    _check_numbers(cfg)
     t = cfg.train
-    if t.batch_size < 1:
-        raise ConfigError("train.batch_size must be >= 1")
     micro = t.micro_batch_size or t.batch_size
-    if micro < 1 or t.batch_size % micro:
+    if t.batch_size % micro:
         raise ConfigError(
             f"train.micro_batch_size ({micro}) must divide train.batch_size ({t.batch_size})"
         )
-    if not 0 <= t.eval_every <= 1 or not 0 <= t.checkpoint_every <= 1:
-        raise ConfigError("train.eval_every and train.checkpoint_every are fractions in [0, 1]")
-    if not 0 < cfg.data.val_fraction < 1:
-        raise ConfigError("data.val_fraction must be in (0, 1)")
     _check_trackers(t)
-    if cfg.optim.lr <= 0:
-        raise ConfigError("optim.lr must be positive")
     from budgetlm.models import get_shape
 
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm import config as config_module
-from budgetlm.config import Config
+from budgetlm.config import IDENTITY_EXCLUDED, Config, is_identity_key
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 COMMAND = "python -m budgetlm.config_docs --write"
@@ -52,6 +52,18 @@ What a run may spend, in one unit; the run stops at the step that spends it
 | budget | unit |
 |---|---|
 {budgets}
+
+## Run identity
+
+A run's identity is a hash of its settings; it names the run folder (`<run.name>-<hash[:8]>`
+under `run.out_dir`). Starting a run whose identity matches an existing folder continues that
+run (`--resume auto`) or reports its result; any setting marked *yes* in the column "identity"
+below, the seed included, makes another run in another folder. A run continued in a folder given
+explicitly (`run.dir`, `--resume CHECKPOINT`) is refused when a *yes* setting changed, except
+`rst.table`, which may move (the table's content hash is checked instead). The settings marked
+*no* may change on resume; they are left out because:
+
+{excluded}
 """
 
 
@@ -94,7 +106,13 @@ def render() -> str:
         f"| {', '.join(f'`{e}`' for e in examples)} | {meaning} |"
         for examples, meaning in BUDGET_FORMATS
     )
-    parts = [HEADER.format(command=COMMAND, budgets=budgets)]
+    groups: dict[str, list[str]] = {}
+    for key, reason in IDENTITY_EXCLUDED.items():
+        groups.setdefault(reason, []).append(key)
+    excluded = "\n".join(
+        f"- {', '.join(f'`{k}`' for k in keys)}: {reason}." for reason, keys in groups.items()
+    )
+    parts = [HEADER.format(command=COMMAND, budgets=budgets, excluded=excluded)]
     parts.append("## Top level\n\n" + _table(Config, ""))
     for prefix, cls in _sections():
         intro, _ = field_docs(cls)
@@ -118,13 +136,14 @@ def _section_class(f: dataclasses.Field) -> type:
 
 def _table(cls: type, prefix: str) -> str:
     _, docs = field_docs(cls)
-    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    rows = ["| key | type | default | identity | description |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         if _is_section(f):
             continue
         doc = docs.get(f.name, "").replace("|", "\\|")
         kind = re.sub(r"dict\[.*?\]", "mapping", str(f.type)).replace("|", "or")
-        rows.append(f"| `{prefix}{f.name}` | {kind} | {_default(f)} | {doc} |")
+        identity = "yes" if is_identity_key(prefix + f.name) else "no"
+        rows.append(f"| `{prefix}{f.name}` | {kind} | {_default(f)} | {identity} | {doc} |")
     return "\n".join(rows) + "\n"
 
 

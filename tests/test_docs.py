@@ -65,3 +65,15 @@ def test_every_experiment_key_is_documented():
     assert set(EXPERIMENT_KEYS) <= table, set(EXPERIMENT_KEYS) - table
     for key in (*ARM_KEYS, *STATS_KEYS):
         assert f"`{key}`" in doc, key
+
+
+def test_the_exit_code_table_matches_the_constants():
+    from budgetlm import errors
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    text = (ROOT / "docs" / "training.md").read_text()
+    table = text[text.index("## Exit codes") :]
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
+    assert documented == codes
+    for error in (errors.DivergedError, errors.RunBusy, errors.StorageError, errors.UserError):
+        assert error.exit_code in codes

@@ -11,9 +11,14 @@ and a per-sequence-per-layer term per stack. Each optimizer step adds the measur
 optimizer. A step is charged the sum over the passes it runs (training micro-batches, selection
 forwards, Hessian passes): a dropped layer costs nothing, an extra forward costs what it costs.
 
-Every table is checked when written and when loaded: positive costs, costs that grow with layers
-and sequences, and no measured point further than a tolerance from the fit — the check that
-would have caught the original code's 7-layer entry that was 10x too cheap.
+Every table is checked when written and when loaded: it must carry the content hash of what was
+measured (an accidental edit or a corrupted file fails it; a deliberate edit re-hashed with
+`budgetlm calibrate --rehash` passes it), and its costs must be positive, grow with layers and
+sequences, and lie within a tolerance of the fit — the check that would have caught the original
+code's 7-layer entry that was 10x too cheap. Neither check can see an edit that is consistent with
+itself (a whole entry scaled 10x): `probe_table` (rst.verify=probe) times a few passes on this
+machine and refuses an entry priced off by more than PROBE_HIGH or PROBE_LOW, on the table's
+machine type only.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ TABLE_VERSION = 1
 COST_MODEL = 2
 PHASES = ("train", "forward")
 DEFAULT_TABLE = "cpu-reference"
+SHIPPED_PREFIX = "shipped table "
 
 
 class TableError(UserError, ValueError):
@@ -277,7 +283,11 @@ class CostTable:
         tmp.replace(path)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "") -> CostTable:
+    def from_dict(
+        cls, data: dict[str, Any], source: str = "", verify_hash: bool = True
+    ) -> CostTable:
+        """A table from its JSON; refused without a hash or with one that does not match
+        (`verify_hash=False`: only to re-hash a table edited on purpose)."""
         if data.get("version") != TABLE_VERSION:
             raise TableError(
                 f"{source}: table version {data.get('version')}, expected {TABLE_VERSION}"
@@ -294,9 +304,20 @@ class CostTable:
                 loop_overhead=e.get("loop_overhead", 0.0),
             )
             table.entries[entry.key] = entry
+        if not verify_hash:
+            return table
         stored = data.get("hash")
-        if stored is not None and stored not in table._measurement_hashes():
-            raise TableError(f"{source}: content hash mismatch, the table was edited or corrupted")
+        if stored is None:
+            raise TableError(
+                f"{source or 'the table'}: no content hash, so an accidental edit or a corrupted "
+                "file could not be told from a measured table; `budgetlm calibrate` always writes "
+                f"one. {_rehash_hint(source)}"
+            )
+        if stored not in table._measurement_hashes():
+            raise TableError(
+                f"{source or 'the table'}: content hash mismatch, the table was edited or "
+                f"corrupted. {_rehash_hint(source)}"
+            )
         return table
 
     @classmethod
@@ -310,8 +331,14 @@ class CostTable:
             shipped = resources.files("budgetlm.budget") / "tables" / f"{name}.json"
             if not shipped.is_file():
                 raise TableError(f"no cost table {name!r} (neither a file nor a shipped table)")
-            text, source = shipped.read_text(), f"shipped table {name}"
-        table = cls.from_dict(json.loads(text), source)
+            text, source = shipped.read_text(), f"{SHIPPED_PREFIX}{name}"
+        try:
+            table = cls.from_dict(json.loads(text), source)
+        except TableError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not a table
+            kind = type(e).__name__
+            raise TableError(f"{source}: not a readable cost table ({kind}: {e})") from e
         try:
             table.check(tolerance)
         except TableError as e:
@@ -418,6 +445,168 @@ class CostTable:
             "rst.table=TABLE.json, or set rst.fallback=flops to estimate from FLOPs (recorded as "
             "a warning)"
         )
+
+
+def _rehash_hint(source: str) -> str:
+    if source.startswith(SHIPPED_PREFIX):
+        return "A shipped table is never edited: reinstall budgetlm."
+    return (
+        "If it was edited by hand on purpose, re-hash it with "
+        f"`budgetlm calibrate --rehash {source or 'TABLE.json'}` (the sanity checks run again; a "
+        "run started under the old hash does not resume under the new one)."
+    )
+
+
+def rehash_table(path: str | Path) -> tuple[str | None, str]:
+    """Re-hash a table file edited on purpose: check it, write it with its new content hash.
+
+    Returns (old hash or None, new hash). The checks (`CostTable.check`) still refuse an entry
+    that is inconsistent; an edit consistent with itself (a whole entry scaled) is accepted,
+    which is what the hash alone can never tell apart from a measurement (docs/rst.md).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        table = CostTable.from_dict(data, str(path), verify_hash=False)
+        table.check()
+    except TableError as e:
+        raise TableError(f"{path}: {e}") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TableError(f"{path}: not a readable cost table ({type(e).__name__}: {e})") from e
+    table.save(path)
+    return data.get("hash"), table.hash
+
+
+# -- the probe: does this machine agree with the table? ------------------------------------------
+
+# A table is refused when an entry's measured/priced ratio leaves [PROBE_LOW, PROBE_HIGH].
+# On its own machine type an honest entry measures about 1x its price, more under load: the
+# shipped cpu-xeon table on its 2-core Xeon probed at 1.2-1.4x and, another time, 2.3-2.9x, with
+# 3-4 other processes busy (load average 3.5-4); two threads instead of one measured 4-12x.
+# Load only ever makes a pass slower, so the band is lopsided:
+# - too expensive, below 1/3: load cannot explain it; only a machine 3x faster than the reference
+#   could, and that is another machine type, refused before any timing.
+# - too cheap, above 5: the quick look runs one thread and keeps the fastest of three repeats,
+#   and still needs a machine oversubscribed about fivefold to get there from an honest table.
+# A whole entry 10x off (the original 7-layer typo's size, a scaled entry re-hashed) is caught:
+# 10x too cheap on any machine of the type not 2x faster than the reference, busy or idle; 10x
+# too expensive unless load has slowed the passes 3.3x. Errors inside the band (up to 5x too
+# cheap, 3x too expensive) are not, and are not meant to be: no probe of a few seconds on a
+# shared machine can tell them from load. Smaller errors inside one entry are the checks' job.
+PROBE_LOW = 1 / 3
+PROBE_HIGH = 5.0
+# The machine fields that must agree for a probe to mean anything: the processor that runs the
+# passes (the GPU for a CUDA table, the CPU otherwise).
+_PROCESSOR = {"cuda": "gpu", "cpu": "cpu"}
+
+ProbePoint = tuple[str, int, dict[str, int]]  # phase, batch size, active layers per stack
+# measure(entry, points, look) -> seconds of one pass for each point, on this machine. look 0 is
+# the quick look (on a CPU: one thread, which a busy machine slows least); look 1, taken only
+# when look 0 finds the entry too cheap, is set up exactly as the table was measured (its thread
+# count). Neither can come out faster than the reference machine idle, so the elementwise minimum
+# keeps the "too expensive" side sound and gives the "too cheap" side its best chance.
+Measure = Callable[[ShapeCosts, list[ProbePoint], int], list[float]]
+
+
+def probe_points(entry: ShapeCosts) -> list[ProbePoint]:
+    """Three cheap passes that span the cost model: a training and a forward pass at full depth,
+    and a training pass with one layer per stack, all at the smallest measured batch."""
+    batch = min(p.batch_size for p in entry.points)
+    full = {s: max(p.active[s] for p in entry.points) for s in entry.stacks}
+    one = dict.fromkeys(entry.stacks, 1)
+    return [("train", batch, full), ("forward", batch, full), ("train", batch, one)]
+
+
+def machine_disagreements(reference: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """Why timings on `here` say nothing about a table measured on `reference` (empty: agree)."""
+    keys = ["device", _PROCESSOR.get(reference.get("device", ""), "cpu")]
+    return [
+        f"{k}: table {reference.get(k)!r}, this machine {here.get(k)!r}"
+        for k in keys
+        if reference.get(k) != here.get(k)
+    ]
+
+
+@dataclass
+class ProbeResult:
+    """What a probe measured: per probed entry, its points' measured/priced ratios."""
+
+    ratios: dict[str, list[float]]  # entry label -> ratio per probe point
+    band: tuple[float, float] = (PROBE_LOW, PROBE_HIGH)
+
+    def ratio(self, label: str) -> float:
+        """An entry's ratio: the median of its points (one odd point does not decide)."""
+        return float(np.median(self.ratios[label]))
+
+    def summary(self) -> str:
+        return ", ".join(f"{label} x{self.ratio(label):.2f}" for label in self.ratios)
+
+
+def probe_table(
+    table: CostTable,
+    here: dict[str, Any],
+    measure: Measure,
+    first: Any = None,
+    max_entries: int = 2,
+    band: tuple[float, float] = (PROBE_LOW, PROBE_HIGH),
+) -> ProbeResult:
+    """Time a few passes of a couple of the table's entries on this machine; refuse the table if
+    the machine is another type or an entry's measured/priced ratio is outside `band`.
+
+    `first`: a shape probed first when the table covers it (the run's own: the entry that prices
+    it); the rest are the cheapest entries. `measure` does the timing (train/calibrate.py), so
+    the judgement here is tested with planted figures.
+    """
+    where = table.source or "the RST table"
+    disagree = machine_disagreements(table.machine, here)
+    if disagree:
+        raise TableError(
+            f"{where}: rst.verify=probe needs the machine type the table was measured on, and "
+            f"this is another ({'; '.join(disagree)}). Run on that machine type, or use "
+            "rst.verify=hash (the table then prices this run as the reference would)"
+        )
+    chosen = choose_probe_entries(table, first, max_entries)
+    low, high = band
+    result = ProbeResult({}, band)
+    problems = []
+    for entry in chosen:
+        points = probe_points(entry)
+        priced = [entry.pass_seconds(ph, b, act) for ph, b, act in points]
+        measured = measure(entry, points, 0)
+        result.ratios[entry.label] = [m / p for m, p in zip(measured, priced, strict=True)]
+        if result.ratio(entry.label) > high:  # a second, faithful look before refusing
+            again = measure(entry, points, 1)
+            measured = [min(a, b) for a, b in zip(measured, again, strict=True)]
+            result.ratios[entry.label] = [m / p for m, p in zip(measured, priced, strict=True)]
+        r = result.ratio(entry.label)
+        if r > high:
+            problems.append(
+                f"{entry.label}: passes measure {r:.1f}x what the table prices them (above "
+                f"{high:g}x: the table is too cheap, or this machine is far busier than it was)"
+            )
+        elif r < low:
+            problems.append(
+                f"{entry.label}: passes measure {r:.2f}x what the table prices them (below "
+                f"{low:.2g}x: the table is too expensive for this machine type)"
+            )
+    if problems:
+        raise TableError(
+            f"{where} refused by rst.verify=probe:\n  " + "\n  ".join(problems) + "\n"
+            "Re-measure the table on this machine type (`budgetlm calibrate`); if the machine "
+            "was busy, retry when it is idle"
+        )
+    return result
+
+
+def choose_probe_entries(table: CostTable, first: Any, max_entries: int) -> list[ShapeCosts]:
+    """The entry of `first` (if covered), then the cheapest others, `max_entries` in all."""
+    own = table.entry_for(first) if first is not None else None
+
+    def cost(e: ShapeCosts) -> float:
+        return sum(e.pass_seconds(ph, b, act) for ph, b, act in probe_points(e))
+
+    rest = sorted((e for e in table.entries.values() if e is not own), key=cost)
+    return ([own] if own is not None else [])[:max_entries] + rest[: max_entries - bool(own)]
 
 
 def shipped_tables() -> list[str]:

@@ -1,4 +1,8 @@
-"""`budgetlm calibrate CONFIG ... --out TABLE.json`: measure an RST cost table (docs/rst.md)."""
+"""`budgetlm calibrate CONFIG ... --out TABLE.json`: measure an RST cost table (docs/rst.md).
+
+`budgetlm calibrate --rehash TABLE.json` re-hashes a table edited by hand on purpose (a table
+without its hash, or with one that does not match, is refused everywhere else).
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,20 @@ def register(subparsers: Any) -> None:
         help="measure an RST cost table on this machine",
         description="Time forward and training passes of each config's model over a grid of "
         "micro-batch sizes and active depths, and each optimizer's step; fit the cost model, "
-        "check it, and write (or extend) a versioned JSON table. See docs/rst.md.",
+        "check it, and write (or extend) a versioned JSON table. With --rehash, measure nothing: "
+        "re-check and re-hash a table edited by hand. See docs/rst.md.",
     )
-    p.add_argument("configs", nargs="+", help="YAML configs whose model shapes to measure")
+    p.add_argument("configs", nargs="*", help="YAML configs whose model shapes to measure")
     p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config"
     )
-    p.add_argument("--out", required=True, help="table file to write (extended if it exists)")
+    p.add_argument("--out", help="table file to write (extended if it exists)")
+    p.add_argument(
+        "--rehash",
+        metavar="TABLE.json",
+        help="measure nothing: check a table edited by hand on purpose and write it with its new "
+        "content hash (a run started under the old hash does not resume under the new one)",
+    )
     p.add_argument(
         "--batch-sizes",
         type=int,
@@ -42,10 +53,19 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from budgetlm.budget.rst import CostTable, TableError
-    from budgetlm.config import load_config
+    from budgetlm.budget.rst import CostTable, TableError, rehash_table
+    from budgetlm.config import ConfigError, load_config
     from budgetlm.train.calibrate import calibrate_config
 
+    if args.rehash:
+        if args.configs or args.out:
+            raise ConfigError("calibrate --rehash TABLE.json takes no configs and no --out")
+        old, new = rehash_table(args.rehash)
+        was = f"{old[:12]} -> " if old else "no hash -> "
+        print(f"re-hashed {args.rehash}: {was}{new[:12]} (sanity checks passed)")
+        return 0
+    if not args.configs or not args.out:
+        raise ConfigError("calibrate needs CONFIG... and --out TABLE.json (or --rehash TABLE.json)")
     out = Path(args.out)
     table = None
     refused: list[str] = []

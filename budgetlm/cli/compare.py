@@ -39,7 +39,7 @@ def default_out(name: str) -> Path:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from budgetlm.compare.run.experiment import load_experiment
+    from budgetlm.compare.run.experiment_file import load_experiment
     from budgetlm.compare.run.grid import GridRunner
 
     exp = load_experiment(args.experiment)

@@ -1,11 +1,41 @@
-"""`budgetlm finetune RUN_DIR --suite NAME` (docs/finetune.md)."""
+"""`budgetlm finetune RUN_DIR --suite NAME` (docs/finetune.md).
+
+Exit codes: 0 done; 1 a failure during training (the tasks finished before it are saved);
+2 bad input (unknown task, a malformed or missing data file, an unwritable --out, results that
+cannot be merged): nothing was trained; 5 the results could not be written; 130 interrupted
+(the tasks finished before it are saved).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from budgetlm.errors import EXIT_INTERRUPTED, EXIT_USAGE
+
+
+class _BadOption(SystemExit):
+    """An option value the protocol refuses: exit 2 (bad input), the message as its text."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction from 0 to 1, not {text!r}")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -28,8 +58,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--out",
-        help="results folder for a transformers model (default runs/hf-NAME) or with "
-        "--random-init (default runs/random-init-NAME)",
+        help="results folder, created if need be (default: the run itself; runs/hf-NAME for a "
+        "transformers model, runs/random-init-NAME with --random-init); one RUN_DIR only",
     )
     p.add_argument(
         "--random-init",
@@ -53,6 +83,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--max-train", type=int, help="cap training examples per task")
     p.add_argument("--max-eval", type=int, help="cap validation examples per task")
+    p.add_argument(
+        "--max-dropped",
+        type=_fraction,
+        default=0.1,
+        metavar="FRACTION",
+        help="refuse a task when more than this fraction of a split's rows is malformed (skipped "
+        "rows are recorded in the results either way)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
@@ -61,7 +99,8 @@ def register(subparsers: Any) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from budgetlm.finetune.control import finetune_random_init
     from budgetlm.finetune.protocol import Protocol
-    from budgetlm.finetune.run import finetune_run
+    from budgetlm.finetune.run import finetune_run, results_dir_for
+    from budgetlm.finetune.store import results_path
 
     try:
         protocol = Protocol(
@@ -74,28 +113,65 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             max_eval=args.max_eval,
         )
     except ValueError as e:
-        raise SystemExit(f"budgetlm finetune: error: {e}") from e
+        print(f"budgetlm finetune: error: {e}", file=sys.stderr)
+        raise _BadOption(f"budgetlm finetune: error: {e}") from e
+    if args.out and len(args.run_dirs) > 1:
+        print(
+            "budgetlm finetune: error: --out takes one RUN_DIR (the results of several models "
+            "would be merged into one file)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    missing = [r for r in args.run_dirs if not Path(r).exists()]
+    if missing:  # found now, not after the runs before it have been fine-tuned
+        print(
+            f"budgetlm finetune: error: no such run directory: {', '.join(missing)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     for run_dir in args.run_dirs:
         run = finetune_run
         if args.random_init:
-            run = partial(
-                finetune_random_init,
-                out_dir=args.out or Path("runs") / f"random-init-{Path(run_dir).resolve().name}",
-            )
+            out = args.out or Path("runs") / f"random-init-{Path(run_dir).resolve().name}"
+            run = partial(finetune_random_init, out_dir=out)
         elif args.out:
             run = partial(finetune_run, out_dir=args.out)
-        results = run(
-            run_dir,
-            args.suite,
-            tasks=args.tasks,
-            seeds=args.seeds,
-            protocol=protocol,
-            data_dir=args.data_dir,
-            device=args.device,
-            progress=not args.quiet,
-        )
-        print(f"{run_dir}: {args.suite} average {results['average']:.4f}")
-        for task, r in results["tasks"].items():
-            majority = "" if r["majority"] is None else f" (majority class {r['majority']:.4f})"
-            print(f"  {task:<18} {r['main_metric']} {r['mean']:.4f} ± {r['std']:.4f}{majority}")
+        try:
+            results = run(
+                run_dir,
+                args.suite,
+                tasks=args.tasks,
+                seeds=args.seeds,
+                protocol=protocol,
+                data_dir=args.data_dir,
+                device=args.device,
+                progress=not args.quiet,
+                max_dropped=args.max_dropped,
+                save_partial=True,
+            )
+        except KeyboardInterrupt:
+            print("budgetlm finetune: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        _print_results(run_dir, args, results)
+        where = run.keywords["out_dir"] if isinstance(run, partial) else results_dir_for(run_dir)
+        print(f"  results: {results_path(where, args.suite)}")
     return 0
+
+
+def _print_results(run_dir: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    tasks = results["tasks"]
+    now = set(args.tasks or tasks)
+    print(f"{run_dir}: {args.suite} average {results['average']:.4f} over {len(tasks)} task(s)")
+    for task, r in tasks.items():
+        majority = "" if r["majority"] is None else f" (majority class {r['majority']:.4f})"
+        dropped = {k: v for k, v in (r.get("dropped") or {}).items() if v}
+        skipped = (
+            " [skipped malformed rows: " + ", ".join(f"{v} {k}" for k, v in dropped.items()) + "]"
+            if dropped
+            else ""
+        )
+        earlier = "" if task in now else " (stored earlier)"
+        print(
+            f"  {task:<18} {r['main_metric']} {r['mean']:.4f} ± {r['std']:.4f}"
+            f"{majority}{skipped}{earlier}"
+        )

@@ -16,7 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from budgetlm.errors import EXIT_USAGE, user_errors
+from budgetlm.errors import exit_code_for, user_errors
 
 # The order `budgetlm --help` lists them in: the everyday commands first.
 COMMANDS = (
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except user_errors() as e:
         print(f"budgetlm {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code_for(e)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm.cli.common import split_config_arg
+from budgetlm.errors import UserError
 
 
 def register(subparsers: Any) -> None:
@@ -15,7 +16,8 @@ def register(subparsers: Any) -> None:
         "prepare",
         help="tokenize a corpus into checksummed token shards",
         description="Train a tokenizer and write token shards (cached by content "
-        "hash). Either name a corpus, or give a config to prepare its data.",
+        "hash). Either name a corpus, or give a config to prepare its data. A dataset "
+        "prepared before is verified (every file hashed) and rebuilt if corrupted.",
     )
     p.add_argument("config", nargs="?", help="YAML config whose data section to prepare")
     p.add_argument("overrides", nargs="*", help="key.sub=value settings for the config")
@@ -34,13 +36,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         from budgetlm.train.run_data import resolve_data
 
         config, overrides = split_config_arg(args.config, args.overrides)
-        data = resolve_data(load_config(config, overrides))
+        data = resolve_data(load_config(config, overrides), verify=True)
         path, meta = data.dataset.path, data.dataset.meta
     else:
         from budgetlm.data import load_prepared, prepare_dataset
 
         if args.config or args.overrides:
-            raise SystemExit("give either --corpus ... or a config, not both")
+            raise UserError("give either --corpus ... or a config, not both")
         path = prepare_dataset(
             corpus=args.corpus,
             tokenizer=args.tokenizer,
@@ -48,6 +50,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             out_dir=Path(args.out) if args.out else None,
             val_fraction=args.val_fraction,
             max_bytes=args.max_bytes,
+            verify=True,
         )
         meta = load_prepared(path).meta
     print(f"prepared dataset: {path}")

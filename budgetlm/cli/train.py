@@ -26,11 +26,21 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("config", nargs="?", help="YAML config (optional: defaults train gpt-tiny)")
     p.add_argument("overrides", nargs="*", help="key.sub=value settings applied after the file")
-    p.add_argument(
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume",
         metavar="auto|CHECKPOINT",
-        help="continue from the newest complete checkpoint of this run (auto) "
+        help="continue from the newest checkpoint of this run that verifies (auto: newer "
+        "broken ones are skipped with a warning; no checkpoint and no history: a fresh start) "
         "or from a given checkpoint directory",
+    )
+    start.add_argument(
+        "--restart",
+        action="store_true",
+        help="start this run over although its folder holds an earlier run: the old "
+        "metrics.jsonl, checkpoints, summary and metadata move to RUN_DIR/previous/<time>/ "
+        "(nothing is deleted; remove that folder to free its space). Without it, a run "
+        "folder with history is never started from scratch",
     )
     p.add_argument(
         "--stop-after",
@@ -62,15 +72,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run already finished: {done['run_dir']}")
         _print_result(done)
         return 0
-    trainer = open_run(cfg, resume=args.resume)
+    trainer = open_run(cfg, resume=args.resume, restart=args.restart)
     main_rank = trainer.dist.is_main
-    if main_rank:
-        from budgetlm.train.plan_summary import format_plan, summarize_plan
+    try:  # the trainer holds the run folder's lock until its log is closed
+        if main_rank:
+            from budgetlm.train.plan_summary import format_plan, summarize_plan
 
-        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
-        for line in format_plan(summarize_plan(trainer)):
-            print(line, file=sys.stderr)
-    try:
+            print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+            for line in format_plan(summarize_plan(trainer)):
+                print(line, file=sys.stderr)
         summary = trainer.run(stop_after=args.stop_after)
         # Every rank done before any tears its connections down: a rank that destroys its
         # process group while another still finishes (rank 0 writes the summary) can abort the
@@ -88,12 +98,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary["status"] == "interrupted":
         print(
             f"interrupted at step {summary['steps']}; checkpoint saved. Continue with: "
-            f"budgetlm train {' '.join(sys.argv[2:])} --resume auto",
+            f"budgetlm train {' '.join(_without_start_flags(sys.argv[2:]))} --resume auto",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
     _print_result(summary)
     return 0
+
+
+def _without_start_flags(argv: list[str]) -> list[str]:
+    """The command line less --restart and --resume (the suggestion adds --resume auto)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif arg != "--restart" and not arg.startswith("--resume="):
+            out.append(arg)
+    return out
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
@@ -106,6 +129,8 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     rest = ["train", *([args.config] if args.config else []), *args.overrides]
     if args.resume:
         rest += ["--resume", args.resume]
+    if args.restart:
+        rest.append("--restart")
     if args.stop_after is not None:
         rest += ["--stop-after", str(args.stop_after)]
     if args.quiet:

@@ -18,9 +18,18 @@ from .objectives import (
     make_objective,
     span_corruption_lengths,
 )
-from .prepare import PreparedDataset, default_cache_root, load_prepared, prepare_dataset
+from .prepare import (
+    DatasetCorrupt,
+    DatasetError,
+    PreparedDataset,
+    default_cache_root,
+    load_prepared,
+    prepare_dataset,
+    rebuild_dataset,
+    verify_dataset,
+)
 from .shards import ShardError, ShardWriter, read_shard, write_shard
-from .sources import corpus_fingerprint, iter_documents, split_of
+from .sources import CorpusError, corpus_fingerprint, iter_documents, split_of
 from .tokenizer import KINDS as TOKENIZER_KINDS
 from .tokenizer import Tokenizer, load_gpt2, train_tokenizer
 
@@ -29,6 +38,9 @@ __all__ = [
     "TOKENIZER_KINDS",
     "BatchStream",
     "CausalLM",
+    "CorpusError",
+    "DatasetCorrupt",
+    "DatasetError",
     "MaskedLM",
     "Objective",
     "PreparedDataset",
@@ -45,8 +57,10 @@ __all__ = [
     "make_objective",
     "prepare_dataset",
     "read_shard",
+    "rebuild_dataset",
     "span_corruption_lengths",
     "split_of",
     "train_tokenizer",
+    "verify_dataset",
     "write_shard",
 ]

@@ -6,7 +6,9 @@ A prepared dataset is a directory::
     train.bin        token shards (see shards.py); every document is followed by the
     tune.bin         tokenizer's doc_separator_id. tune and test are the held-out documents:
     test.bin         tune for choosing hyper-parameters, test for judging (docs/data.md)
-    meta.json        what was built and from what; written last, so its presence means complete
+    meta.json        what was built and from what, and the manifest (`files`): the size and
+                     checksum of every other file
+    .verified.json   which shards were last hashed whole, at what size, mtime and inode
 
 The held-out documents are those the old single validation split held (`val_fraction`, by a
 hash of the text), each sent to tune or test by other bits of the same hash; on a small corpus
@@ -16,29 +18,48 @@ the lowest-ranked documents of each side are added until each held-out split has
 By default it lives in ``<cache_root>/datasets/<corpus>-<tokenizer>-<vocab>-<key[:12]>`` where
 ``key`` hashes the corpus fingerprint and every setting: asking twice for the same thing reuses
 the directory, and changing the data or any setting builds a new one. The cache root is
-``$BUDGETLM_CACHE`` or ``~/.cache/budgetlm``. Building is deterministic, so two processes
-racing to build the same directory write identical files (each file is replaced atomically).
+``$BUDGETLM_CACHE`` or ``~/.cache/budgetlm``.
+
+Building happens in a hidden sibling folder that is renamed into place once complete, so a
+build that fails (an empty or binary corpus) or is interrupted leaves no dataset folder behind.
+Building is deterministic, so two processes racing to build the same directory make identical
+files; the first to finish installs its folder and the other discards its own.
+
+Verifying: every process start checks what is cheap (`verify_dataset(full=False)`, and lazily
+`PreparedDataset.tokens`): the tokenizer's checksum (a small file), each shard's size and header,
+and the whole payload hash only of a shard whose size, mtime or inode changed since it was last
+hashed (`.verified.json`). A shard of gigabytes is therefore hashed once, not at every start,
+and a file written or replaced since is still caught. What stat cannot see (a bit flipped in
+place with its mtime kept) is caught by `budgetlm prepare`, which hashes everything
+(`full=True`) and rebuilds a corrupted dataset from its corpus.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import glob
 import hashlib
 import json
 import os
 import re
+import secrets
+import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from .shards import FORMAT_VERSION, ShardWriter, read_shard
+from budgetlm.errors import UserError
+
+from .shards import FORMAT_VERSION, ShardError, ShardWriter, read_header, read_shard
 from .sources import (
     HELDOUT_SPLITS,
     NAMED_CORPORA,
@@ -47,9 +68,11 @@ from .sources import (
     iter_documents,
     split_of,
 )
-from .tokenizer import Tokenizer, train_tokenizer
+from .tokenizer import Tokenizer, TokenizerError, train_tokenizer
 
-# 2: the held-out documents are split into tune and test (was one val split).
+# 2: the held-out documents are split into tune and test (was one val split). The manifest
+# (`files`) came later without a new version: it is optional, so that datasets prepared before it
+# keep their key (which checkpoints record); `budgetlm prepare` adds it to them.
 META_VERSION = 2
 SPLITS = ("train", *HELDOUT_SPLITS)
 # The name plain runs and `budgetlm eval --split val` used before tune and test existed.
@@ -58,6 +81,33 @@ HELDOUT_MIN_DOCUMENTS = 4  # the default floor per held-out split (DataConfig.he
 SOURCE_KWARGS = ("text_field", "hf_split", "data_files")
 GPT2_VOCAB = 50257
 _ENCODE_DOCS = 1024  # documents per encode_batch call: enough to keep the Rust threads busy
+TOKENIZER_FILE = "tokenizer.json"
+STAMP_FILE = ".verified.json"
+# What may be found in a dataset folder (val.bin: datasets from before tune and test), so that
+# rebuilding one in place never deletes anything else.
+_DATASET_NAMES = {"meta.json", TOKENIZER_FILE, STAMP_FILE, "val.bin", *(f"{s}.bin" for s in SPLITS)}
+
+
+class DatasetError(UserError, ValueError):
+    """A prepared dataset that is incomplete or from another budgetlm, or settings it cannot be
+    prepared with."""
+
+
+class DatasetMissing(UserError, FileNotFoundError):
+    """A folder that holds no (complete) prepared dataset."""
+
+
+class DatasetCorrupt(DatasetError):
+    """A prepared dataset whose files do not match its manifest."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(
+            f"the prepared dataset {self.path} is corrupted: {reason}. Run `budgetlm prepare` "
+            f"with the same corpus or config (it verifies the dataset and rebuilds it), or "
+            f"delete {self.path}"
+        )
 
 
 def default_cache_root() -> Path:
@@ -77,6 +127,8 @@ def prepare_dataset(
     heldout_min_documents: int = HELDOUT_MIN_DOCUMENTS,
     max_bytes: int | None = None,
     progress: bool = True,
+    verify: bool = False,
+    expected_key: str | None = None,
     **source_kwargs,
 ) -> Path:
     """Prepare ``corpus`` for ``tokenizer`` (a kind of tokenizer.KINDS); return the directory.
@@ -84,6 +136,11 @@ def prepare_dataset(
     ``source_kwargs`` (text_field, hf_split, data_files) go to ``sources.iter_documents``.
     The tokenizer is trained on the train split only, so held-out text stays unseen.
     ``heldout_min_documents`` is the floor of documents in each held-out split (tune, test).
+
+    A dataset already there is checked (``verify``: hash every file; otherwise the cheap checks
+    of ``verify_dataset``) and, when corrupted, rebuilt (said on stderr). ``expected_key``
+    refuses to build anything but that dataset (rebuilding one in place: its corpus must not
+    have changed).
     """
     for key in source_kwargs:
         if key not in SOURCE_KWARGS:
@@ -91,11 +148,15 @@ def prepare_dataset(
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"unknown source option {key!r} (expected {SOURCE_KWARGS}){hint}")
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if heldout_min_documents < 1:
-        raise ValueError(f"heldout_min_documents must be >= 1, got {heldout_min_documents}")
+        raise DatasetError(f"heldout_min_documents must be >= 1, got {heldout_min_documents}")
+    if vocab_size < 1:
+        raise DatasetError(f"vocab_size must be >= 1, got {vocab_size}")
+    if max_bytes is not None and max_bytes < 1:
+        raise DatasetError(f"max_bytes must be >= 1, got {max_bytes}")
     if tokenizer == "gpt2" and vocab_size != GPT2_VOCAB:
-        raise ValueError(
+        raise DatasetError(
             f"tokenizer 'gpt2' has a fixed vocabulary of {GPT2_VOCAB}, not {vocab_size}"
         )
 
@@ -117,21 +178,66 @@ def prepare_dataset(
         root = Path(cache_root) if cache_root is not None else default_cache_root()
         out_dir = root / "datasets" / f"{_slug(corpus)}-{tokenizer}-{vocab_size}-{key[:12]}"
     out_dir = Path(out_dir)
-    meta_path = out_dir / "meta.json"
-    if meta_path.is_file():
-        if json.loads(meta_path.read_text()).get("key") == key:
+    if expected_key is not None and key != expected_key:
+        raise DatasetError(
+            f"cannot rebuild {out_dir} as it was: its corpus {corpus!r} is not the one it was "
+            f"prepared from (its content changed since). Delete {out_dir} and prepare it again"
+        )
+    existing = _read_meta(out_dir)
+    corrupt = None
+    if existing is not None and existing.get("key") == key:
+        try:
+            verify_dataset(out_dir, existing, full=verify)
             return out_dir
-        meta_path.unlink()  # a different dataset lives here: mark it incomplete, then rebuild
-
-    started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
+        except DatasetCorrupt as e:
+            corrupt = e
+            print(f"{out_dir} is corrupted ({e.reason}): rebuilding it", file=sys.stderr)
+    _check_replaceable(out_dir)
+    _sweep_leftovers(out_dir)
 
     def documents() -> Iterator[str]:
         return iter_documents(corpus, max_bytes=max_bytes, **source_kwargs)
 
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        built = _build(
+            tmp,
+            documents,
+            tokenizer,
+            vocab_size,
+            val_fraction,
+            heldout_min_documents,
+            corpus,
+            progress,
+        )
+        meta = {**settings, "key": key, **built}
+        _write_meta(tmp, meta)  # last: within the folder too, its presence marks it complete
+        _install(tmp, out_dir, key, replace_same_key=corrupt is not None)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if corrupt is not None:
+        _compare_rebuilt(out_dir, existing.get("files"), meta["files"])
+    return out_dir
+
+
+def _build(
+    tmp: Path,
+    documents: Callable[[], Iterator[str]],
+    tokenizer: str,
+    vocab_size: int,
+    val_fraction: float,
+    heldout_min_documents: int,
+    corpus: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Write tokenizer and shards into the new folder `tmp`; return the meta besides settings."""
+    started = time.perf_counter()
     # One pass over the hashes first: on a small corpus the floor moves documents out of train,
-    # and the tokenizer must not see them.
+    # and the tokenizer must not see them. It also refuses a corpus without enough text before
+    # any folder is made.
     cuts = heldout_cuts(documents(), val_fraction, heldout_min_documents, corpus)
+    tmp.mkdir(parents=True)
     train_docs = (d for d in documents() if split_of(d, val_fraction, cuts) == "train")
     if tokenizer != "gpt2":
         train_docs = tqdm(
@@ -142,26 +248,27 @@ def prepare_dataset(
             file=sys.stderr,
         )
     tok = train_tokenizer(tokenizer, train_docs, vocab_size)
-    tok.save(out_dir / "tokenizer.json")
+    tok.save(tmp / TOKENIZER_FILE)
     splits = _encode_splits(
-        tok, documents(), out_dir, lambda d: split_of(d, val_fraction, cuts), progress
+        tok, documents(), tmp, lambda d: split_of(d, val_fraction, cuts), progress
     )
-
-    meta = {
-        **settings,
-        "key": key,
+    files = {TOKENIZER_FILE: _tokenizer_entry(tmp / TOKENIZER_FILE)}
+    for split in SPLITS:
+        files[f"{split}.bin"] = _shard_entry(tmp / f"{split}.bin")
+    # The shards were hashed while written: record them as verified, so the first start does
+    # not hash them again.
+    stamp = {name: _signature(tmp / name) for name in files if name != TOKENIZER_FILE}
+    _write_stamp(tmp, stamp, atomic=False)
+    return {
         "vocab_size": tok.vocab_size,
         "doc_separator_id": tok.doc_separator_id,
         "splits": splits,
         # How the held-out splits were drawn; `val` names the test split.
         "heldout": {"cuts": cuts, "aliases": SPLIT_ALIASES},
+        "files": files,
         "seconds": round(time.perf_counter() - started, 2),
         "versions": _versions(),
     }
-    tmp = meta_path.with_name(f".meta.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, meta_path)  # last: its presence marks the directory complete
-    return out_dir
 
 
 def _encode_splits(
@@ -205,38 +312,365 @@ class PreparedDataset:
     meta: dict
     tokenizer: Tokenizer
     _tokens: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _tokenizer_checked: bool = field(default=False, init=False, repr=False)
 
     def tokens(self, split: str) -> np.ndarray:
-        """The split's tokens as a read-only memmap (checked once per process); `val` is the
-        test split."""
+        """The split's tokens as a read-only memmap, checked once per process (header, size,
+        vocabulary, its manifest entry, and its hash unless unchanged since last hashed; the
+        tokenizer's checksum with the first split); `val` is the test split."""
         split = SPLIT_ALIASES.get(split, split)
         if split not in SPLITS:
             known = (*SPLITS, *SPLIT_ALIASES)
             raise ValueError(f"unknown split {split!r}, expected one of {known}")
         if split not in self._tokens:
-            self._tokens[split] = read_shard(
-                self.path / f"{split}.bin", expected_vocab_size=self.tokenizer.vocab_size
+            name = f"{split}.bin"
+            entry = (self.meta.get("files") or {}).get(name)
+            stamp = _read_stamp(self.path)
+            signature = _signature(self.path / name)
+            fresh = entry is not None and signature is not None and stamp.get(name) == signature
+            # Without a manifest (a dataset prepared before it) every start hashes, as before.
+            tokens = read_shard(
+                self.path / name, expected_vocab_size=self.tokenizer.vocab_size, verify=not fresh
             )
+            if entry is not None:
+                _check_shard_entry(self.path, name, entry)
+                if not fresh:
+                    _write_stamp(self.path, {**stamp, name: signature})
+            if not self._tokenizer_checked:
+                _check_tokenizer(self.path, self.meta)
+                self._tokenizer_checked = True
+            self._tokens[split] = tokens
         return self._tokens[split]
 
 
 def load_prepared(path: str | os.PathLike) -> PreparedDataset:
-    """Open a directory made by ``prepare_dataset``."""
+    """Open a directory made by ``prepare_dataset``. Opening reads the metadata and the
+    tokenizer; each split is checked when first read (``PreparedDataset.tokens``). Call
+    ``verify_dataset`` to check everything at once."""
     path = Path(path)
+    meta = _load_meta(path)
+    try:
+        tokenizer = Tokenizer.load(path / TOKENIZER_FILE, kind=meta["tokenizer"])
+    except (OSError, TokenizerError) as e:
+        raise DatasetCorrupt(path, f"{TOKENIZER_FILE} cannot be read ({e})") from e
+    return PreparedDataset(path=path, meta=meta, tokenizer=tokenizer)
+
+
+def verify_dataset(
+    path: str | os.PathLike, meta: dict | None = None, *, full: bool = False
+) -> None:
+    """Check a prepared dataset against its manifest; raise DatasetCorrupt naming the bad file.
+
+    Always: every file is there with its recorded size, the tokenizer's checksum (a small file),
+    each shard's header (its checksum is the manifest's, its length the file's). The payload
+    hash of a shard (about 1 GB/s) only with ``full``, or when its size, mtime or inode changed
+    since it was last hashed. A dataset prepared before manifests existed is checked in full
+    only with ``full``, and then gets its manifest.
+    """
+    path = Path(path)
+    meta = _load_meta(path) if meta is None else meta
+    files = meta.get("files")
+    if not files:
+        if full:
+            _verify_without_manifest(path, meta)
+        return
+    missing = sorted({TOKENIZER_FILE, *(f"{s}.bin" for s in SPLITS)} - set(files))
+    if missing:
+        raise DatasetCorrupt(path, f"meta.json's manifest lacks {', '.join(missing)}")
+    _check_tokenizer(path, meta)
+    stamp = _read_stamp(path)
+    hashed = {}
+    for split in SPLITS:
+        name = f"{split}.bin"
+        _check_shard_entry(path, name, files[name])
+        signature = _signature(path / name)
+        verify = full or stamp.get(name) != signature
+        try:
+            read_shard(path / name, expected_vocab_size=meta.get("vocab_size"), verify=verify)
+        except ShardError as e:
+            raise DatasetCorrupt(path, _reason(e, path)) from e
+        if verify:
+            hashed[name] = signature
+    if hashed:
+        _write_stamp(path, {**stamp, **hashed})
+
+
+def rebuild_dataset(path: str | os.PathLike, progress: bool = True) -> Path:
+    """Prepare the dataset at ``path`` again from the corpus and settings its meta.json records
+    (a corrupted dataset given by path); refuse when that corpus changed or cannot be read."""
+    path = Path(path)
+    meta = _read_meta(path)
+    if meta is None or "key" not in meta or "corpus" not in meta:
+        raise DatasetError(
+            f"{path}: meta.json is missing or unreadable, so what the dataset was prepared from "
+            f"is unknown; delete {path} and prepare it again"
+        )
+    try:
+        return prepare_dataset(
+            corpus=meta["corpus"],
+            tokenizer=meta["tokenizer"],
+            vocab_size=meta["requested_vocab_size"],
+            out_dir=path,
+            val_fraction=meta["val_fraction"],
+            heldout_min_documents=meta.get("heldout_min_documents", HELDOUT_MIN_DOCUMENTS),
+            max_bytes=meta.get("max_bytes"),
+            progress=progress,
+            verify=True,
+            expected_key=meta["key"],
+            **meta.get("source_kwargs", {}),
+        )
+    except DatasetError:
+        raise
+    except UserError as e:  # the corpus is gone or unreadable from here
+        raise DatasetError(
+            f"cannot rebuild {path} from its corpus {meta['corpus']!r}: {e}. Delete {path} and "
+            "prepare it again"
+        ) from e
+
+
+# -- manifest, stamp and meta files ---------------------------------------------------------------
+
+
+def _load_meta(path: Path) -> dict:
     meta_path = path / "meta.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(
+        raise DatasetMissing(
             f"{path} is not a prepared dataset (no meta.json; it may be incomplete): "
             "run prepare_dataset / `budgetlm prepare` again"
         )
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(path)
+    if meta is None:
+        raise DatasetCorrupt(path, "meta.json is not valid JSON")
     if meta.get("format_version") != FORMAT_VERSION or meta.get("meta_version") != META_VERSION:
-        raise ValueError(
+        raise DatasetError(
             f"{path} was prepared by an incompatible budgetlm (format "
-            f"{meta.get('format_version')}, meta {meta.get('meta_version')}); prepare it again"
+            f"{meta.get('format_version')}, meta {meta.get('meta_version')}); delete it and "
+            "prepare it again"
         )
-    tokenizer = Tokenizer.load(path / "tokenizer.json", kind=meta["tokenizer"])
-    return PreparedDataset(path=path, meta=meta, tokenizer=tokenizer)
+    return meta
+
+
+def _read_meta(path: Path) -> dict | None:
+    """meta.json's content, or None when it is missing or unreadable."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    tmp = path / f".meta.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path / "meta.json")
+
+
+def _tokenizer_entry(file: Path) -> dict[str, Any]:
+    return {"bytes": file.stat().st_size, "sha256": _sha256_file(file)}
+
+
+def _shard_entry(file: Path) -> dict[str, Any]:
+    """A shard's size and the payload checksum of its header (computed while it was written)."""
+    return {"bytes": file.stat().st_size, "payload_sha256": read_header(file)["sha256"]}
+
+
+def _check_tokenizer(path: Path, meta: dict) -> None:
+    entry = (meta.get("files") or {}).get(TOKENIZER_FILE)
+    if entry is None:
+        return
+    file = path / TOKENIZER_FILE
+    if not file.is_file():
+        raise DatasetCorrupt(path, f"{TOKENIZER_FILE} is missing")
+    size = file.stat().st_size
+    if size != entry["bytes"]:
+        raise DatasetCorrupt(
+            path, f"{TOKENIZER_FILE} has {size} bytes, the manifest says {entry['bytes']}"
+        )
+    if _sha256_file(file) != entry["sha256"]:
+        raise DatasetCorrupt(path, f"{TOKENIZER_FILE}: checksum mismatch with the manifest")
+
+
+def _check_shard_entry(path: Path, name: str, entry: dict) -> None:
+    """The shard is there, of its recorded size, with its recorded payload checksum."""
+    file = path / name
+    if not file.is_file():
+        raise DatasetCorrupt(path, f"{name} is missing")
+    size = file.stat().st_size
+    if size != entry["bytes"]:
+        raise DatasetCorrupt(path, f"{name} has {size} bytes, the manifest says {entry['bytes']}")
+    try:
+        head = read_header(file)
+    except ShardError as e:
+        raise DatasetCorrupt(path, _reason(e, path)) from e
+    if head["sha256"] != entry["payload_sha256"]:
+        raise DatasetCorrupt(path, f"{name}: its header's checksum is not the manifest's")
+
+
+def _verify_without_manifest(path: Path, meta: dict) -> None:
+    """Check a dataset prepared before manifests in full (shard hashes, a tokenizer that loads
+    and fits), then give it its manifest and stamp (best effort: the folder may be read-only)."""
+    try:
+        tok = Tokenizer.load(path / TOKENIZER_FILE, kind=meta["tokenizer"])
+    except (OSError, TokenizerError) as e:
+        raise DatasetCorrupt(path, f"{TOKENIZER_FILE} cannot be read ({e})") from e
+    if tok.vocab_size != meta.get("vocab_size") or tok.doc_separator_id != meta.get(
+        "doc_separator_id"
+    ):
+        raise DatasetCorrupt(path, f"{TOKENIZER_FILE} is not the tokenizer meta.json describes")
+    files = {TOKENIZER_FILE: _tokenizer_entry(path / TOKENIZER_FILE)}
+    for split in SPLITS:
+        name = f"{split}.bin"
+        try:
+            read_shard(path / name, expected_vocab_size=tok.vocab_size, verify=True)
+        except ShardError as e:
+            raise DatasetCorrupt(path, _reason(e, path)) from e
+        files[name] = _shard_entry(path / name)
+    with contextlib.suppress(OSError):
+        _write_stamp(path, {n: _signature(path / n) for n in files if n != TOKENIZER_FILE})
+        _write_meta(path, {**meta, "files": files})
+
+
+def _signature(file: Path) -> list[int] | None:
+    """What changes when a file is written or replaced: size, mtime and inode."""
+    try:
+        st = file.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _read_stamp(path: Path) -> dict[str, Any]:
+    try:
+        stamp = json.loads((path / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def _write_stamp(path: Path, stamp: dict[str, Any], atomic: bool = True) -> None:
+    """Best effort: a read-only dataset folder is hashed at every start instead."""
+    text = json.dumps(stamp, sort_keys=True) + "\n"
+    with contextlib.suppress(OSError):
+        if not atomic:  # a folder still being built, which nobody else reads
+            (path / STAMP_FILE).write_text(text)
+            return
+        tmp = path / f".{STAMP_FILE}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.write_text(text)
+        os.replace(tmp, path / STAMP_FILE)
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """A shard error's message without the folder and the hint (DatasetCorrupt has both)."""
+    return str(error).replace(f"{path}{os.sep}", "").split("; `budgetlm prepare`")[0]
+
+
+def _sha256_file(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- building into a temporary folder, then installing it -----------------------------------------
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a folder that holds anything but (parts of) a prepared dataset."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise DatasetError(f"{out_dir} is a file, not a dataset folder; give another output folder")
+    others = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if p.name not in _DATASET_NAMES and not (p.name.startswith(".") and ".tmp-" in p.name)
+    )
+    if others:
+        more = ", ..." if len(others) > 3 else ""
+        raise DatasetError(
+            f"{out_dir} holds files that are not part of a prepared dataset "
+            f"({', '.join(others[:3])}{more}); give another output folder, or move them away"
+        )
+
+
+def _install(tmp: Path, out_dir: Path, key: str, replace_same_key: bool) -> None:
+    """Rename the finished folder `tmp` to `out_dir`, replacing what is there (incomplete,
+    corrupted, or another dataset), unless a racing process already installed this one."""
+    trash = None
+    if out_dir.exists():
+        there = _read_meta(out_dir)
+        if there is not None and there.get("key") == key and not replace_same_key:
+            shutil.rmtree(tmp, ignore_errors=True)  # the same build, finished first elsewhere
+            return
+        _check_replaceable(out_dir)
+        trash = out_dir.with_name(f".{out_dir.name}.old-{_host()}-{os.getpid()}")
+        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(out_dir, trash)
+        except FileNotFoundError:
+            trash = None
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        there = _read_meta(out_dir)
+        if there is None or there.get("key") != key:
+            if trash is not None:
+                with contextlib.suppress(OSError):
+                    os.rename(trash, out_dir)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a racing process installed the same dataset
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sweep_leftovers(out_dir: Path) -> None:
+    """Remove the temporary folders of builds of `out_dir` that died (this host's, by pid)."""
+    if not out_dir.parent.is_dir():
+        return
+    stem = glob.escape(f".{out_dir.name}.")
+    for left in out_dir.parent.glob(f"{stem}tmp-*"):
+        host, _, rest = left.name.rpartition(".tmp-")[2].partition("-")
+        pid = rest.partition("-")[0]
+        if host == _host() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    for left in out_dir.parent.glob(f"{stem}old-*"):
+        host, _, pid = left.name.rpartition(".old-")[2].partition("-")
+        if host == _host() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _compare_rebuilt(out_dir: Path, old: dict | None, new: dict) -> None:
+    """Say when a rebuilt dataset is not byte for byte the one it replaced (built by other
+    library versions): runs trained on the old one would continue on different tokens."""
+    if not old:
+        return
+    changed = sorted(name for name in new if old.get(name) not in (None, new[name]))
+    if changed:
+        print(
+            f"warning: the rebuilt {out_dir} differs from the dataset it replaced in "
+            f"{', '.join(changed)} (prepared by other library versions?); runs trained on the "
+            "old one would continue on other tokens",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{out_dir}: rebuilt, identical to the dataset it replaced", file=sys.stderr)
 
 
 def _slug(corpus: str) -> str:

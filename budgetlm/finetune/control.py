@@ -23,7 +23,9 @@ from torch import nn
 from budgetlm.config import Config, load_config
 from budgetlm.errors import UserError
 from budgetlm.finetune.protocol import Protocol
-from budgetlm.finetune.run import check_tasks, finetune_suite
+from budgetlm.finetune.run import check_tasks, finetune_suite, load_suite
+from budgetlm.finetune.store import prepare_results_dir, read_suite
+from budgetlm.finetune.tasks import MAX_DROPPED
 from budgetlm.models import ModelShape, build_model
 
 RANDOM_INIT = "random"
@@ -45,13 +47,13 @@ def control_source(source: str | Path | Config) -> tuple[Config, ModelShape | No
         return load_config(path), None, str(path)
     if not path.is_dir():
         raise ControlError(f"{path}: no such run directory or config file")
-    from budgetlm.train.checkpoint import complete_checkpoints
+    from budgetlm.train.checkpoint import newest_valid
     from budgetlm.train.resume import checkpoint_shape
 
-    found = complete_checkpoints(path / "checkpoints") if (path / "checkpoints").is_dir() else []
+    newest, _ = newest_valid(path / "checkpoints")
     for name in ("config.yaml", "cell.yaml", "control.yaml"):
         if (path / name).is_file():
-            shape = checkpoint_shape(found[-1]) if found else None
+            shape = checkpoint_shape(newest) if newest else None
             return load_config(path / name), shape, str(path)
     raise ControlError(f"{path}: no config.yaml, cell.yaml or control.yaml")
 
@@ -73,13 +75,20 @@ def finetune_random_init(
     data_dir: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    max_dropped: float = MAX_DROPPED,
+    save_partial: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune `source`'s architecture from random weights (one initialisation per
-    fine-tuning seed) and write `out_dir/finetune/<suite>.json` in `finetune_run`'s format."""
+    fine-tuning seed) and merge the scores into `out_dir/finetune/<suite>.json` in
+    `finetune_run`'s format. The tasks' data and `out_dir` are checked before the pre-training
+    data is prepared."""
     from budgetlm.train.run_data import resolve_data
 
     tasks = check_tasks(suite, tasks)  # before preparing any data
     cfg, shape, label = control_source(source)
+    loaded = load_suite(suite, tasks, data_dir, max_dropped=max_dropped)
+    prepare_results_dir(out_dir)
+    read_suite(out_dir, suite)  # an unreadable results file fails now, not after training
     data = resolve_data(cfg, progress=False)
     shape = shape or data.shape
     return finetune_suite(
@@ -90,9 +99,10 @@ def finetune_random_init(
         tasks=tasks,
         seeds=seeds,
         protocol=protocol,
-        data_dir=data_dir,
         device=device,
         progress=progress,
+        loaded=loaded,
+        save_partial=save_partial,
         record={
             "run_dir": label,
             "init": RANDOM_INIT,

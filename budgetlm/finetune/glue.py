@@ -11,6 +11,7 @@ WNLI is left out, as in most BERT-era comparisons (its dev set is adversarial to
 from __future__ import annotations
 
 import csv
+import math
 import operator
 import warnings
 from collections.abc import Iterable
@@ -21,9 +22,12 @@ from types import ModuleType
 from budgetlm.finetune.tasks import (
     CLASSIFICATION,
     REGRESSION,
+    DroppedRowsWarning,
     Example,
+    MissingPackageError,
     TaskData,
     TaskError,
+    TaskFileError,
     TaskSpec,
 )
 
@@ -119,17 +123,30 @@ def _task_key(task: str, known: dict[str, TaskSpec], prefix: str) -> str:
 
 def _label(spec: TaskSpec, value: object, where: str) -> int | float:
     if not spec.labels:
-        return float(value)  # type: ignore[arg-type]
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise TaskError(f"{where}: label {value!r} is not a finite number")
+        return number
     try:
         index = -1 if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         index = -1
     if not 0 <= index < len(spec.labels):
-        raise ValueError(
+        raise TaskError(
             f"{where}: label {value!r} is not a class index 0..{len(spec.labels) - 1} of "
             f"{spec.labels} (hub test splits are unlabelled, -1: do not map them)"
         )
     return index
+
+
+def _text(row: dict, name: str, where: str) -> str:
+    value = row[name]
+    if not isinstance(value, str):
+        raise TaskError(f"{where}: field {name!r} is {value!r}, not text")
+    return value
 
 
 def examples_from_hub_rows(task: str, rows: Iterable[dict]) -> list[Example]:
@@ -142,9 +159,9 @@ def examples_from_hub_rows(task: str, rows: Iterable[dict]) -> list[Example]:
         where = f"{spec.name} row {i}"
         missing = [f for f in (field_a, field_b, "label") if f is not None and f not in row]
         if missing:
-            raise ValueError(f"{where}: no field(s) {missing} (have {sorted(row)})")
-        text_b = row[field_b] if field_b is not None else None
-        out.append(Example(row[field_a], text_b, _label(spec, row["label"], where)))
+            raise TaskError(f"{where}: no field(s) {missing} (have {sorted(row)})")
+        text_b = _text(row, field_b, where) if field_b is not None else None
+        out.append(Example(_text(row, field_a, where), text_b, _label(spec, row["label"], where)))
     return out
 
 
@@ -159,85 +176,152 @@ def _layout_hint(src: _Source) -> str:
     )
 
 
-def _read_tsv(path: Path, header: bool) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
-    """(line number, row) pairs of a GLUE TSV; rows with the wrong column count are skipped.
+@dataclass
+class _Tsv:
+    """One GLUE TSV file as read: its header (None for CoLA), well-formed rows with their line
+    numbers, and the line numbers of the rows skipped for a wrong column count."""
+
+    path: Path
+    names: list[str] | None
+    width: int
+    rows: list[tuple[int, list[str]]]
+    bad: list[int]
+
+    def dropped_reason(self) -> str:
+        lines = ", ".join(map(str, self.bad[:5])) + (", ..." if len(self.bad) > 5 else "")
+        what = "the header's" if self.names is not None else "CoLA's"
+        return (
+            f"{len(self.bad)} of {len(self.bad) + len(self.rows)} rows of {self.path} do not have "
+            f"{what} {self.width} tab-separated columns (line {lines})"
+        )
+
+
+def _read_tsv(path: Path, header: bool) -> _Tsv:
+    """A GLUE TSV file; rows with the wrong column count are skipped, counted and warned about.
 
     QUOTE_NONE because GLUE text holds unbalanced double quotes, which the default dialect would
     take as the start of a quoted field running on over later lines. utf-8-sig drops a BOM.
+    Unreadable files (not UTF-8, a NUL byte, no permission) raise a TaskError naming the file.
     """
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        names = next(reader, None) if header else None
-        width = len(names) if names is not None else _COLA_COLUMNS
-        rows, bad = [], 0
-        for row in reader:
-            if not row:
-                continue  # blank line
-            if len(row) == width:
-                rows.append((reader.line_num, row))
-            else:
-                bad += 1
+    line = 0
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            names = None
+            if header:
+                names = next((row for row in reader if any(c.strip() for c in row)), None)
+                if names is None:
+                    raise TaskError(
+                        f"{path}: the file is empty (expected a header line naming the columns, "
+                        "then one example per line)"
+                    )
+            width = len(names) if names is not None else _COLA_COLUMNS
+            rows, bad = [], []
+            for row in reader:
+                line = reader.line_num
+                if not any(c.strip() for c in row):
+                    continue  # blank line
+                if len(row) == width:
+                    rows.append((line, row))
+                else:
+                    bad.append(line)
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise TaskError(f"{path}:{line + 1}: cannot read the row ({e})") from None
+    except OSError as e:
+        raise TaskError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    tsv = _Tsv(path, names, width, rows, bad)
     if bad:
         warnings.warn(
-            f"{path}: skipped {bad} malformed row(s) (expected {width} tab-separated columns)",
+            f"{path}: skipped {len(bad)} malformed row(s) (expected {width} tab-separated "
+            f"columns; line {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})",
+            DroppedRowsWarning,
             stacklevel=4,
         )
-    return names, rows
+    return tsv
 
 
 def _tsv_label(spec: TaskSpec, src: _Source, text: str, where: str) -> int | float:
+    text = text.strip()
     try:
         if not spec.labels:
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         index = spec.labels.index(text) if src.label_words else int(text)
         if not 0 <= index < len(spec.labels):
             raise ValueError
         return index
     except ValueError:
         expected = (
-            "a number"
+            "a finite number"
             if not spec.labels
-            else (f"one of {spec.labels}" if src.label_words else "a class index")
+            else (
+                f"one of {spec.labels}"
+                if src.label_words
+                else f"a class index 0..{len(spec.labels) - 1} ({', '.join(spec.labels)})"
+            )
         )
-        raise ValueError(f"{where}: label {text!r} is not {expected}") from None
+        raise TaskError(f"{where}: label {text!r} is not {expected} ({spec.name})") from None
 
 
-def _tsv_as_hub_rows(path: Path, key: str) -> list[dict]:
-    """A GLUE TSV file rewritten as rows of the hub's schema."""
+def _tsv_as_hub_rows(path: Path, key: str) -> tuple[list[dict], _Tsv]:
+    """A GLUE TSV file rewritten as rows of the hub's schema, and the file as read."""
     spec, src = GLUE_TASKS[key], _SOURCES[key]
     if not path.is_file():
-        raise FileNotFoundError(f"{spec.name}: no file {path}; {_layout_hint(src)}")
-    names, rows = _read_tsv(path, header=key != "cola")
+        raise TaskFileError(f"{spec.name}: no file {path}; {_layout_hint(src)}")
+    tsv = _read_tsv(path, header=key != "cola")
+    names = tsv.names
     if names is None:  # CoLA: positional columns
         index = {c: int(c) for c in src.columns if c is not None}
     else:
-        missing = [c for c in src.columns if c is not None and c not in names]
+        needed = [c for c in src.columns if c is not None]
+        missing = [c for c in needed if c not in names]
         if missing:
-            raise ValueError(f"{path}: header has no column(s) {missing} (header: {names})")
-        index = {c: names.index(c) for c in src.columns if c is not None}
+            raise TaskError(
+                f"{path}:1: the header has no column(s) {missing}; {spec.name} needs {needed} "
+                f"(header: {names})"
+            )
+        index = {c: names.index(c) for c in needed}
+    if not tsv.rows:
+        why = f"; {tsv.dropped_reason()}" if tsv.bad else ""
+        raise TaskError(f"{path}: no examples{why}")
 
     col_a, col_b, col_label = src.columns
     field_a, field_b = src.fields
     out = []
-    for line, row in rows:
+    for line, row in tsv.rows:
         label = _tsv_label(spec, src, row[index[col_label]], f"{path}:{line}")
         hub = {field_a: row[index[col_a]], "label": label}
         if field_b is not None and col_b is not None:
             hub[field_b] = row[index[col_b]]
         out.append(hub)
-    return out
+    return out, tsv
 
 
 def load_glue_dir(data_dir: Path | str, task: str) -> TaskData:
-    """Load one GLUE task from the official TSV download (train and validation; test is empty)."""
+    """Load one GLUE task from the official TSV download (train and validation; test is empty).
+
+    Every problem raises a TaskError (a TaskFileError for a missing folder or file) naming the
+    file and line; rows with the wrong column count are skipped, counted in `TaskData.dropped`
+    and warned about (`DroppedRowsWarning`)."""
     key = _task_key(task, GLUE_TASKS, "glue")
     src = _SOURCES[key]
+    if not Path(data_dir).is_dir():
+        raise TaskFileError(f"glue/{key}: the data folder {data_dir} does not exist")
     task_dir = Path(data_dir) / src.directory
     if not task_dir.is_dir():
-        raise FileNotFoundError(f"glue/{key}: no directory {task_dir}; {_layout_hint(src)}")
-    train = examples_from_hub_rows(key, _tsv_as_hub_rows(task_dir / "train.tsv", key))
-    dev = examples_from_hub_rows(key, _tsv_as_hub_rows(task_dir / src.dev_file, key))
-    return TaskData(GLUE_TASKS[key], train, dev)
+        raise TaskFileError(f"glue/{key}: no directory {task_dir}; {_layout_hint(src)}")
+    data = TaskData(GLUE_TASKS[key], [], [], source=str(task_dir))
+    for split, name in (("train", "train.tsv"), ("validation", src.dev_file)):
+        rows, tsv = _tsv_as_hub_rows(task_dir / name, key)
+        setattr(data, split, examples_from_hub_rows(key, rows))
+        if tsv.bad:
+            data.dropped[split] = len(tsv.bad)
+            data.dropped_reasons[split] = tsv.dropped_reason()
+    return data
 
 
 # --- Hugging Face hub ------------------------------------------------------------------------
@@ -247,7 +331,7 @@ def _datasets_module(what: str) -> ModuleType:
     try:
         import datasets
     except ImportError as e:
-        raise ImportError(
+        raise MissingPackageError(
             f"{what} needs the 'datasets' package: pip install 'budgetlm[hub]'"
         ) from e
     return datasets
@@ -263,4 +347,5 @@ def load_glue_hub(task: str, cache_dir: str | None = None) -> TaskData:
         GLUE_TASKS[key],
         examples_from_hub_rows(key, ds["train"]),
         examples_from_hub_rows(key, ds[src.val_split]),
+        source=f"hub:{HUB_REPO}/{src.config}",
     )

@@ -21,11 +21,16 @@ import torch
 from torch import nn
 
 from budgetlm.data.tokenizer import Tokenizer
+from budgetlm.errors import RunFault
 from budgetlm.finetune.encode import Encoder
 from budgetlm.finetune.heads import SequenceClassifier, TextToText
 from budgetlm.finetune.metrics import score
 from budgetlm.finetune.protocol import Protocol
 from budgetlm.finetune.tasks import REGRESSION, Example, TaskData, TaskError
+
+
+class FinetuneDiverged(RunFault, FloatingPointError):
+    """The fine-tuning loss became NaN or infinite (exit 1: a failure during training)."""
 
 
 @dataclass
@@ -116,7 +121,10 @@ def finetune_task(
                 group["lr"] = lr_at(step, total, protocol.lr, protocol.warmup)
             loss = model.loss(batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{spec.name}: fine-tuning loss is {float(loss)}")
+                raise FinetuneDiverged(
+                    f"{spec.name} seed {seed}: the fine-tuning loss is {float(loss)} at step "
+                    f"{step + 1} of {total} (try a lower --lr)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), protocol.grad_clip)

@@ -27,6 +27,8 @@ from budgetlm.finetune.tasks import (
     MULTIPLE_CHOICE,
     Example,
     TaskData,
+    TaskError,
+    TaskFileError,
     TaskSpec,
 )
 
@@ -77,8 +79,8 @@ _CONNECTIVE = {"cause": "because", "effect": "so"}
 def _copa(row: dict) -> tuple[str, str | None, tuple[str, ...] | None]:
     question = row["question"]
     if question not in _CONNECTIVE:
-        raise ValueError(f"COPA question {question!r} is not 'cause' or 'effect'")
-    premise = row["premise"].rstrip().removesuffix(".")
+        raise TaskError(f"COPA question {question!r} is not 'cause' or 'effect'")
+    premise = str(row["premise"]).rstrip().removesuffix(".")
     return f"{premise} {_CONNECTIVE[question]}", None, (row["choice1"], row["choice2"])
 
 
@@ -115,11 +117,14 @@ def examples_from_hub_rows(task: str, rows: Iterable[dict]) -> list[Example]:
         where = f"{spec.name} row {i}"
         missing = [f for f in (*src.fields, "label") if f not in row]
         if missing:
-            raise ValueError(f"{where}: no field(s) {missing} (have {sorted(row)})")
+            raise TaskError(f"{where}: no field(s) {missing} (have {sorted(row)})")
+        not_text = [f for f in src.fields if not isinstance(row[f], str)]
+        if not_text:
+            raise TaskError(f"{where}: field(s) {not_text} are not text ({row[not_text[0]]!r})")
         try:
             text_a, text_b, choices = src.render(row)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+        except TaskError as e:
+            raise TaskError(f"{where}: {e}") from None
         out.append(Example(text_a, text_b, _label(spec, row["label"], where), choices))
     return out
 
@@ -135,27 +140,46 @@ def _layout_hint(src: _Source) -> str:
 
 
 def _jsonl_as_hub_rows(path: Path, key: str) -> list[dict]:
-    """An official JSONL file as hub-schema rows: label as the hub's integer, WSC spans flat."""
+    """An official JSONL file as hub-schema rows: label as the hub's integer, WSC spans flat.
+
+    Every problem (not JSON, not an object, no label, a foreign label, not UTF-8, no rows)
+    raises a TaskError naming the file and line; no row is skipped."""
     spec, src = SUPERGLUE_TASKS[key], _SOURCES[key]
     if not path.is_file():
-        raise FileNotFoundError(f"{spec.name}: no file {path}; {_layout_hint(src)}")
+        raise TaskFileError(f"{spec.name}: no file {path}; {_layout_hint(src)}")
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not a JSON object ({e})") from None
-            row = {k: v for k, v in record.items() if k != "target"}
-            row.update(record.get("target") or {})
-            if "label" not in row:
-                raise ValueError(f"{where}: no 'label' (test files are unlabelled)")
-            row["label"] = _jsonl_label(spec, src, row["label"], where)
-            out.append(row)
+    line_no = 0
+    try:
+        with path.open(encoding="utf-8-sig") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                out.append(_jsonl_row(spec, src, line, f"{path}:{line_no}"))
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise TaskError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if not out:
+        raise TaskError(f"{path}: no examples (the file is empty)")
     return out
+
+
+def _jsonl_row(spec: TaskSpec, src: _Source, line: str, where: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{where}: not a JSON object ({e})") from None
+    if not isinstance(record, dict):
+        raise TaskError(f"{where}: not a JSON object (a {type(record).__name__})")
+    target = record.get("target") or {}
+    if not isinstance(target, dict):
+        raise TaskError(f"{where}: 'target' is not an object")
+    row = {k: v for k, v in record.items() if k != "target"}
+    row.update(target)
+    if "label" not in row:
+        raise TaskError(f"{where}: no 'label' (test files are unlabelled)")
+    row["label"] = _jsonl_label(spec, src, row["label"], where)
+    return row
 
 
 def _jsonl_label(spec: TaskSpec, src: _Source, value: object, where: str) -> int:
@@ -166,7 +190,7 @@ def _jsonl_label(spec: TaskSpec, src: _Source, value: object, where: str) -> int
         return spec.labels.index(value)  # type: ignore[arg-type]
     if ok and src.jsonl_label is int:
         return operator.index(value)  # type: ignore[arg-type]
-    raise ValueError(
+    raise TaskError(
         f"{where}: label {value!r} is not a {src.jsonl_label.__name__}"
         + (f" in {spec.labels}" if src.jsonl_label is str else "")
     )
@@ -176,12 +200,14 @@ def load_superglue_dir(data_dir: Path | str, task: str) -> TaskData:
     """Load one SuperGLUE task from the official JSONL download (train and val; test empty)."""
     key = _task_key(task, SUPERGLUE_TASKS, "superglue")
     src = _SOURCES[key]
+    if not Path(data_dir).is_dir():
+        raise TaskFileError(f"superglue/{key}: the data folder {data_dir} does not exist")
     task_dir = Path(data_dir) / src.directory
     if not task_dir.is_dir():
-        raise FileNotFoundError(f"superglue/{key}: no directory {task_dir}; {_layout_hint(src)}")
+        raise TaskFileError(f"superglue/{key}: no directory {task_dir}; {_layout_hint(src)}")
     train = examples_from_hub_rows(key, _jsonl_as_hub_rows(task_dir / "train.jsonl", key))
     val = examples_from_hub_rows(key, _jsonl_as_hub_rows(task_dir / "val.jsonl", key))
-    return TaskData(SUPERGLUE_TASKS[key], train, val)
+    return TaskData(SUPERGLUE_TASKS[key], train, val, source=str(task_dir))
 
 
 # --- Hugging Face hub ------------------------------------------------------------------------
@@ -197,4 +223,5 @@ def load_superglue_hub(task: str, cache_dir: str | None = None) -> TaskData:
         SUPERGLUE_TASKS[key],
         examples_from_hub_rows(key, ds["train"]),
         examples_from_hub_rows(key, ds["validation"]),
+        source=f"hub:{HUB_REPO}/{src.config}",
     )

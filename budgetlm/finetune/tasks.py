@@ -16,7 +16,24 @@ CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE = "classification", "regression", "m
 
 
 class TaskError(UserError, ValueError):
-    """An unknown suite or task, or a task with unusable data."""
+    """An unknown suite or task, or a task with unusable data (exit 2: nothing was trained)."""
+
+
+class TaskFileError(TaskError, FileNotFoundError):
+    """A task's folder or file is missing (still a FileNotFoundError for older callers)."""
+
+
+class MissingPackageError(TaskError, ImportError):
+    """A task source needs an optional package that is not installed."""
+
+
+class DroppedRowsWarning(UserWarning):
+    """A loader skipped malformed rows; `TaskData.dropped` counts them per split."""
+
+
+# A split of which more than this share of rows is malformed is refused, not trained on: a file
+# that loses that much is more likely the wrong file or a broken export than a few stray rows.
+MAX_DROPPED = 0.10
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,14 @@ class TaskData:
     train: list[Example]
     validation: list[Example]
     test: list[Example] = field(default_factory=list)  # with labels only where public
+    # split -> rows a loader skipped as malformed, and why (only splits that lost rows)
+    dropped: dict[str, int] = field(default_factory=dict)
+    dropped_reasons: dict[str, str] = field(default_factory=dict)
+    source: str = ""  # where the data came from: a folder, "hub:<repo>", a package
+
+    def dropped_counts(self) -> dict[str, int]:
+        """Skipped rows of the train and validation splits (0 where none)."""
+        return {split: self.dropped.get(split, 0) for split in ("train", "validation")}
 
     def sizes(self) -> dict[str, int]:
         return {

@@ -4,16 +4,15 @@ Each point times what the training loop does for one micro-batch — build the b
 own data and objective, move it to the device, forward (and backward) with the first L blocks of
 each stack active — after warm-up, synchronised on CUDA, as the median of repeats. The optimizer
 step (clipping included) is timed separately for every optimizer asked for. The result is fitted
-and checked before it is written (budgetlm/budget/rst.py).
+and checked before it is written (budgetlm/budget/rst.py). The timing harness itself is in
+budgetlm/budget/timing.py, shared with the table probe (`rst.verify=probe`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,27 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from budgetlm.budget.rst import Point, ShapeCosts
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
-
-
-def _median_seconds(
-    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
-) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(_timed(fn, device) for _ in range(repeats))
+from budgetlm.budget.timing import machine_description, median_seconds, pass_function, round_robin
 
 
 def depth_grid(depth: int, max_points: int = 8) -> list[int]:
@@ -62,22 +41,6 @@ def layer_configs(stacks: dict[str, int]) -> list[dict[str, int]]:
             if config not in configs:
                 configs.append(config)
     return configs
-
-
-def machine_description(device: torch.device) -> dict[str, Any]:
-    from budgetlm.train.metadata import cpu_name
-
-    desc = {
-        "device": device.type,
-        "cpu": cpu_name(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if device.type == "cuda":
-        desc["gpu"] = torch.cuda.get_device_name(device)
-        desc["cuda"] = torch.version.cuda
-    return desc
 
 
 def calibrate_shape(
@@ -105,41 +68,16 @@ def calibrate_shape(
     tasks: list[tuple[str, int, dict[str, int], Callable[[], None]]] = []
     for batch_size in batch_sizes:
         for active_counts in configs:
-            active = {s: list(range(n)) for s, n in active_counts.items()}
-
-            def train_pass(active: dict = active, batch_size: int = batch_size) -> None:
-                batch = stream.batch(0, 0, batch_size)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with autocast():
-                    loss = model(batch, active=active).loss
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-
-            @torch.no_grad()
-            def forward_pass(active: dict = active, batch_size: int = batch_size) -> None:
-                batch = stream.batch(0, 0, batch_size)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with autocast():
-                    model(batch, active=active)
-
-            tasks.append(("train", batch_size, dict(active_counts), train_pass))
-            tasks.append(("forward", batch_size, dict(active_counts), forward_pass))
+            for phase in ("train", "forward"):
+                fn = pass_function(
+                    model, stream, phase, batch_size, active_counts, device, autocast
+                )
+                tasks.append((phase, batch_size, dict(active_counts), fn))
 
     total = (warmup + repeats) * len(tasks) + len(optimizers)
     bar = tqdm(total=total, desc=f"calibrating {label}", disable=None if progress else True)
     model.train()
-    # Round-robin: each repeat sweeps the whole grid, so a slow spell of a shared machine hits
-    # every point alike instead of corrupting a few (which the sanity checks would refuse). Each
-    # visit runs the pass once untimed first: the loop repeats one configuration step after
-    # step, with warm caches and allocator, and that steady state is what it costs.
-    times: list[list[float]] = [[] for _ in tasks]
-    for rep in range(warmup + repeats):
-        for i, (*_, fn) in enumerate(tasks):
-            fn()
-            seconds = _timed(fn, device)
-            if rep >= warmup:
-                times[i].append(seconds)
-            bar.update()
+    times = round_robin([fn for *_, fn in tasks], device, warmup, repeats, bar.update)
     points = [
         Point(phase, batch_size, active, statistics.median(ts))
         for (phase, batch_size, active, _), ts in zip(tasks, times, strict=True)
@@ -165,7 +103,7 @@ def calibrate_shape(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
 
-            seconds = _median_seconds(step, device, warmup, repeats)
+            seconds = median_seconds(step, device, warmup, repeats)
             optimizer_points[name].append({"active": dict(active_counts), "seconds": seconds})
         full = max(optimizer_points[name], key=lambda pt: sum(pt["active"].values()))
         optimizer_seconds[name] = full["seconds"]
@@ -204,7 +142,7 @@ def _remeasure_outliers(
         if not suspects:
             return
         for i in suspects:
-            again = _median_seconds(tasks[i][3], device, warmup, repeats)
+            again = median_seconds(tasks[i][3], device, warmup, repeats)
             points[i].seconds = min(points[i].seconds, again)
 
 

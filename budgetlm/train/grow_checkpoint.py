@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 
 def _resolve(path: Path) -> tuple[Path, Path]:
     """(run directory, checkpoint directory) from either of them."""
-    from budgetlm.train.checkpoint import CheckpointError, complete_checkpoints
+    from budgetlm.train.checkpoint import CheckpointError, newest_valid
 
     if (path / "checkpoints").is_dir():
-        found = complete_checkpoints(path / "checkpoints")
-        if not found:
-            raise CheckpointError(f"{path}: no complete checkpoint to grow")
-        return path, found[-1]
+        newest, problems = newest_valid(path / "checkpoints")
+        if newest is None:
+            why = f" ({'; '.join(problems)})" if problems else ""
+            raise CheckpointError(f"{path}: no checkpoint that verifies, nothing to grow{why}")
+        for problem in problems:
+            print(f"warning: skipped a checkpoint that does not verify: {problem}", file=sys.stderr)
+        return path, newest
     if not (path / "manifest.json").is_file():
         raise CheckpointError(f"{path}: not a run directory or a complete checkpoint")
     return path.parent.parent, path

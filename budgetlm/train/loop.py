@@ -4,9 +4,14 @@ Per optimizer step:
   1. plan     methods edit a StepPlan (active layers, extra passes); the plan becomes `Work`,
               the clock says the progress p the step reaches once charged (p = 1 on the last)
   2. lr       every schedule is evaluated at that p
-  3. run      micro-batches (gradient accumulation, token-weighted), clip, optimizer step
+  3. run      micro-batches (gradient accumulation, token-weighted), clip, check that the loss
+              and gradient norm are finite (train.on_nonfinite), optimizer step
   4. charge   the clock adds the step's cost in every unit; wall time excludes eval and I/O
   5. observe  log, evaluate and checkpoint at progress points, then stop when the budget is spent
+
+Nothing non-finite is ever applied or saved: a NaN/inf loss or gradient norm halts the run before
+the optimizer step (or skips the step, train.on_nonfinite=skip), a NaN/inf held-out loss always
+halts, and a checkpoint is written only when every parameter is finite.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +34,7 @@ from tqdm.auto import tqdm
 from budgetlm.api import StepPlan
 from budgetlm.budget.work import step_work
 from budgetlm.config import TrainConfig
+from budgetlm.errors import DivergedError, RunFault
 from budgetlm.optim import set_lr
 from budgetlm.schedules import ScheduleSpec
 from budgetlm.train.checkpoint import prune_checkpoints
@@ -45,15 +52,25 @@ def compile_model(model: torch.nn.Module) -> Callable[..., Any]:
     return torch.compile(model)
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+class Diverged(DivergedError):
+    """The loss, the gradient norm, the held-out loss or a weight became NaN or infinite."""
+
+
+_HINT = "lower optim.lr or clip harder (a smaller optim.grad_clip > 0)"
 
 
 class _StopSignals:
-    """SIGINT/SIGTERM ask the loop to checkpoint after the current step and exit cleanly."""
+    """SIGINT/SIGTERM ask the loop to checkpoint after the current step and exit cleanly.
+
+    Signals after the first are only counted: raising KeyboardInterrupt on them could land in
+    the middle of the checkpoint write the first one asked for (an impatient second Ctrl-C, a
+    scheduler repeating SIGTERM) and lose every step since the last checkpoint. To stop at once
+    without a checkpoint, send SIGKILL.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.repeats = 0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
@@ -63,8 +80,15 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
+        if self.requested:
+            self.repeats += 1
+            if self.repeats == 1:  # os.write: print() is not safe inside a signal handler
+                os.write(
+                    2,
+                    b"budgetlm: already stopping: finishing the step and its checkpoint "
+                    b"(SIGKILL stops at once, losing the steps since the last checkpoint)\n",
+                )
+            return
         self.requested = True
 
     def __exit__(self, *exc: object) -> None:
@@ -79,12 +103,21 @@ def _next_point(progress: float, every: float) -> float:
     return (math.floor(progress / every + 1e-9) + 1) * every
 
 
+def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One device-side flag: every element of every tensor is finite (local shards under FSDP)."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    if not local:
+        return torch.ones((), dtype=torch.bool)
+    return torch.stack([t.isfinite().all() for t in local]).all()
+
+
 @dataclass
 class _StepResult:
     loss: torch.Tensor  # on the device: read (a host sync) only on log steps
-    grad_norm: torch.Tensor | None
+    grad_norm: torch.Tensor
     lr: float
     tokens: int
+    skipped: str | None = None  # what was non-finite when train.on_nonfinite=skip skipped it
 
 
 @dataclass
@@ -155,7 +188,10 @@ class Trainer:
             out.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
         return out
 
-    def _train_step(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _train_step(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+        """Forward/backward over the micro-batches, clip, then the optimizer step unless the
+        loss or the gradient norm is non-finite: then the step returns what was (and zeroes
+        the gradients) without touching the weights or the optimizer state."""
         state, model = self.state, self.state.model
         forward = self._forward()
         model.train()
@@ -178,15 +214,29 @@ class Trainer:
                 (out.loss * (count * scale)).backward()
             step_loss += out.loss.detach().float() * (count / total)
         step_loss = self.dist.sum(step_loss)
-        grad_norm = None
-        if self.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        grad_norm = self._grad_norm()
+        # The one host sync of a step that is not logged. Every rank reads the same flag: the
+        # loss is summed over ranks and the gradients are reduced before their norm is taken.
+        if not bool(torch.isfinite(step_loss) & torch.isfinite(grad_norm)):
+            state.optimizer.zero_grad(set_to_none=True)
+            # No optimizer hooks either: they belong to an optimizer step, and none happens.
+            return step_loss, grad_norm, "loss" if not step_loss.isfinite() else "gradient norm"
         for m in state.methods:
             m.before_optimizer_step(state)
         state.optimizer.step()
         for m in state.methods:
             m.after_optimizer_step(state)
-        return step_loss, grad_norm
+        return step_loss, grad_norm, None
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The global gradient norm, clipped to optim.grad_clip when that is positive (and
+        taken anyway without clipping: the finiteness check reads it)."""
+        params = list(self.state.model.parameters())
+        if self.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
 
     # -- observation --------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -201,6 +251,13 @@ class Trainer:
             total, count = self.dist.sum(sums).tolist()
             count = round(count)
         metrics = loss_metrics(total, count)
+        if not math.isfinite(metrics["val_loss"]):  # whatever train.on_nonfinite says
+            self._record("diverged", nonfinite="held-out loss")
+            raise Diverged(
+                f"diverged: the held-out loss is {metrics['val_loss']} at step {self.state.step} "
+                f"(p={self.state.clock.progress:.3f}); no checkpoint was written at this step; "
+                f"{_HINT}"
+            )
         for m in self.state.methods:
             m.on_eval(self.state, metrics)
         return metrics
@@ -228,14 +285,36 @@ class Trainer:
         return record
 
     def save(self) -> Path:
+        """Checkpoint the state, after checking that every parameter is finite (a NaN weight
+        would make every later resume diverge: better the previous checkpoint)."""
+        bad = not bool(_all_finite(list(self.state.model.parameters())))
+        if self.dist.active:  # FSDP ranks hold different shards: all must agree
+            bad = self.dist.max([float(bad)], self.device)[0] > 0
+        if bad:
+            self._record("diverged", nonfinite="weights")
+            raise Diverged(
+                f"diverged: a weight is NaN or infinite at step {self.state.step} "
+                f"(p={self.state.clock.progress:.3f}); the checkpoint was not written; {_HINT}"
+            )
         model_state = optimizer_state = None
         if self.dist.mode == "fsdp":  # every rank takes part in gathering the full state
             model_state, optimizer_state = full_state_dicts(self.state.model, self.state.optimizer)
         path = self.run_dir / "checkpoints"
+        error: BaseException | None = None
         if self.dist.is_main:
-            path = self.state.save(path, self.checkpoint_meta, model_state, optimizer_state)
-            prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
-        self.dist.barrier()
+            try:
+                path = self.state.save(path, self.checkpoint_meta, model_state, optimizer_state)
+                prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+            except BaseException as e:  # noqa: BLE001 - re-raised once the other ranks know
+                error = e
+        if self.dist.active:
+            # In place of a barrier: every rank learns whether rank 0's save failed (a full
+            # disk), so none waits for it forever.
+            (failed,) = self.dist.max([float(error is not None)], self.device)
+            if failed and error is None:
+                raise RunFault("rank 0 could not write the checkpoint; see its message")
+        if error is not None:
+            raise error
         return path
 
     # -- the loop -----------------------------------------------------------------------------
@@ -303,7 +382,9 @@ class Trainer:
         for m in state.methods:
             lr = m.adjust_lr(state, p, lr, self.schedule)
         set_lr(state.optimizer, lr)
-        loss, grad_norm = self._train_step(plan)
+        loss, grad_norm, nonfinite = self._train_step(plan)
+        if nonfinite is not None and cfg.on_nonfinite != "skip":
+            self._halt(nonfinite, loss, grad_norm, lr, p)
         if self.device.type == "cuda" and clock.budget.unit == "seconds":
             torch.cuda.synchronize(self.device)  # a wall-clock budget must see the GPU's time
         if self.dist.active:
@@ -316,29 +397,56 @@ class Trainer:
         else:
             clock.charge(work)
         state.step += 1
+        if nonfinite is not None:
+            # A skipped step is still a step: its work was done, so the clock is charged, the
+            # step count advances (the next step reads the next batch) and every schedule moves
+            # on with progress; only the update is dropped. on_progress runs as for any step.
+            state.info["skipped_steps"] = state.info.get("skipped_steps", 0) + 1
+            self._record(
+                "skipped", nonfinite=nonfinite, loss=float(loss), grad_norm=float(grad_norm), lr=lr
+            )
         for m in state.methods:
             m.on_progress(state, clock.progress)
-        return _StepResult(loss=loss, grad_norm=grad_norm, lr=lr, tokens=work.tokens)
+        return _StepResult(
+            loss=loss, grad_norm=grad_norm, lr=lr, tokens=work.tokens, skipped=nonfinite
+        )
+
+    def _halt(
+        self, nonfinite: str, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, p: float
+    ) -> NoReturn:
+        """train.on_nonfinite=halt: log the bad step and stop. Its update was not applied and
+        nothing is saved, so the newest checkpoint is the last good state."""
+        step = self.state.step + 1  # numbered as the step's "train" record would be
+        value = float(loss) if nonfinite == "loss" else float(grad_norm)
+        self._record(
+            "diverged",
+            step=step,
+            p=round(p, 6),
+            nonfinite=nonfinite,
+            loss=float(loss),
+            grad_norm=float(grad_norm),
+            lr=lr,
+        )
+        raise Diverged(
+            f"diverged: the {nonfinite} is {value} at step {step} (p={p:.3f}); its update was "
+            f"not applied and nothing of it was saved; {_HINT}, "
+            "or set train.on_nonfinite=skip to skip such steps"
+        )
 
     def _observe(self, step: _StepResult, cadence: _Cadence, bar: tqdm) -> None:
         """Log the training loss (read only on log steps), evaluate at progress points."""
         state, clock, cfg = self.state, self.state.clock, self.cfg
         budget = clock.budget
         cadence.window_steps += 1
-        if state.step % cfg.log_every == 0 or clock.done:
+        # A skipped step has its own record ("skipped") instead of a "train" one.
+        if (state.step % cfg.log_every == 0 or clock.done) and step.skipped is None:
             step_loss = float(step.loss)
-            if not math.isfinite(step_loss):
-                self._record("diverged", loss=step_loss, lr=step.lr)
-                raise Diverged(
-                    f"loss is {step_loss} at step {state.step} (p={clock.progress:.3f}); "
-                    "lower optim.lr or raise optim.grad_clip"
-                )
             elapsed = time.perf_counter() - cadence.window_start
             self._record(
                 "train",
                 loss=step_loss,
                 lr=step.lr,
-                grad_norm=None if step.grad_norm is None else float(step.grad_norm),
+                grad_norm=float(step.grad_norm),
                 tok_per_s=round(cadence.window_steps * step.tokens / max(elapsed, 1e-9), 1),
             )
             bar.set_postfix_str(
@@ -377,6 +485,7 @@ class Trainer:
             "epochs": round(self.stream.epochs_at(self.state.step), 4),
             "final_val_loss": last_eval.get("val_loss"),
             "final_lr": self.schedule(clock.progress),
+            "skipped_steps": self.state.info.get("skipped_steps", 0),
             "warnings": list(self.state.info.get("warnings", [])),
             "wall_tokens_per_s": clock.spent["tokens"] / max(clock.spent["seconds"], 1e-9),
         }

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 import budgetlm
+from budgetlm.budget.timing import cpu_name
 
 PACKAGES = ("torch", "numpy", "tokenizers", "safetensors", "pyyaml", "tqdm", "datasets")
 
@@ -45,16 +46,6 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def describe_device(device: torch.device) -> dict[str, Any]:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from budgetlm.config import Config, ConfigError, model_overrides
-from budgetlm.data import BatchStream, eval_batches, load_prepared, make_objective, prepare_dataset
+from budgetlm.data import (
+    BatchStream,
+    DatasetCorrupt,
+    eval_batches,
+    load_prepared,
+    make_objective,
+    prepare_dataset,
+    rebuild_dataset,
+    verify_dataset,
+)
 from budgetlm.models import ModelShape, get_shape
 
 FAMILY_DEFAULTS = {
@@ -25,8 +35,12 @@ class DataBundle:
     shape: ModelShape
 
 
-def resolve_data(cfg: Config, progress: bool = True) -> DataBundle:
-    """Prepare (or reuse) the dataset and fit the model shape to its tokenizer and objective."""
+def resolve_data(cfg: Config, progress: bool = True, verify: bool = False) -> DataBundle:
+    """Prepare (or reuse) the dataset and fit the model shape to its tokenizer and objective.
+
+    A dataset that is already there is checked first (`verify`: hashing every file, as
+    `budgetlm prepare` does; otherwise the cheap checks every start can afford) and rebuilt from
+    its corpus when corrupted."""
     shape = get_shape(cfg.model.preset, **model_overrides(cfg.model))
     default_tok, default_obj = FAMILY_DEFAULTS[shape.family]
     d = cfg.data
@@ -40,6 +54,11 @@ def resolve_data(cfg: Config, progress: bool = True) -> DataBundle:
         path = Path(d.path)
         if not (path / "meta.json").is_file():
             raise ConfigError(f"data.path={path} is not a prepared dataset (no meta.json)")
+        try:
+            verify_dataset(path, full=verify)
+        except DatasetCorrupt as e:
+            print(f"{path} is corrupted ({e.reason}): rebuilding it", file=sys.stderr)
+            rebuild_dataset(path, progress=progress)
     else:
         source_kwargs = {"text_field": d.text_field, "hf_split": d.hf_split}
         if d.data_files:
@@ -52,6 +71,7 @@ def resolve_data(cfg: Config, progress: bool = True) -> DataBundle:
             heldout_min_documents=d.heldout_min_documents,
             max_bytes=d.max_bytes,
             progress=progress,
+            verify=verify,
             **source_kwargs,
         )
     dataset = load_prepared(path)

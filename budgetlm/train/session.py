@@ -1,29 +1,40 @@
 """From a Config to a ready Trainer: runtime, data, methods, model, optimizer, clock, resume.
 
 `open_run` reads as the steps it takes; each lives in a module of its own (runtime.py,
-run_data.py, pricing.py, resume.py). Everything that can fail from a bad setting fails here,
-before the run directory is written. Under torchrun every rank opens the run; rank 0 alone
-writes into its directory.
+run_data.py, pricing.py, resume.py). Everything that can fail from a bad setting fails here;
+what can fail before the run directory is needed (the data) fails before it is created, and an
+attempt that fails later on a folder that held no run removes what it created there, so a failed
+first `train` leaves no half-made run folder behind.
+
+The run folder is locked (run_lock.py) from before its history is read until the trainer is
+closed (`trainer.log.close()` releases it): a second process is refused with RunBusy. Under
+torchrun every rank opens the run; rank 0 alone locks and writes into its directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Sequence
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from budgetlm.api import Method, RunContext
 from budgetlm.budget.clock import Budget, Clock
-from budgetlm.config import Config, ConfigError, dump_yaml
+from budgetlm.config import Config, ConfigError, dump_yaml, resume_drift
+from budgetlm.errors import RunFault
 from budgetlm.methods import build_methods
 from budgetlm.models import ModelShape, build_model
 from budgetlm.optim.factory import optimizer_from_config, optimizer_module
 from budgetlm.schedules import make_schedule
-from budgetlm.train.checkpoint import load_checkpoint
+from budgetlm.train.checkpoint import load_checkpoint, remove_partial, storage_guard
 from budgetlm.train.distributed import (
     Dist,
     DistributedConfigError,
@@ -35,7 +46,14 @@ from budgetlm.train.loop import Trainer
 from budgetlm.train.metadata import run_metadata
 from budgetlm.train.metrics import MetricsLog, truncate_after
 from budgetlm.train.pricing import rst_pricing
-from budgetlm.train.resume import RunExists, check_same_experiment, checkpoint_shape, resume_point
+from budgetlm.train.resume import (
+    RunExists,
+    check_same_experiment,
+    checkpoint_shape,
+    restart_run,
+    resume_point,
+    run_history,
+)
 from budgetlm.train.run_data import (
     DataBundle,
     heldout_batches,
@@ -43,6 +61,7 @@ from budgetlm.train.run_data import (
     tokens_per_example,
     train_stream,
 )
+from budgetlm.train.run_lock import RunLock
 from budgetlm.train.runtime import Runtime, setup_runtime
 from budgetlm.train.state import TrainState
 
@@ -53,28 +72,148 @@ def open_run(
     cfg: Config,
     *,
     resume: str | None = None,
+    restart: bool = False,
     methods: Sequence[Method] = (),
     progress: bool = True,
 ) -> Trainer:
-    """Build the Trainer for `cfg`; `resume` is None, 'auto' or a checkpoint directory."""
+    """Build the Trainer for `cfg`; `resume` is None, 'auto' or a checkpoint directory;
+    `restart` starts over a run folder that has history (moving its files to previous/).
+
+    The returned trainer holds the run folder's lock until `trainer.log.close()`."""
+    if restart and resume is not None:
+        raise ConfigError("--restart starts the run over and --resume continues it: give one")
     rt = setup_runtime(cfg.train)
     _check_parallel(cfg, rt.dist)
     budget = Budget.parse(cfg.budget)
     run_dir = default_run_dir(cfg)
-    checkpoint = resume_point(run_dir, cfg, resume)
     data = _prepare_data(cfg, rt.dist, progress)
-    context = RunContext(shape=data.shape, config=cfg, run_dir=run_dir, data=data)
-    methods = _build_methods(cfg, methods, context)
-    state, meta, warnings = _build_state(cfg, rt, data, budget, checkpoint, methods, context)
+    folder = _RunFolder(run_dir)
+    trainer = None
+    try:
+        notes = _on_main(rt, lambda: folder.open(restart))
+        point = resume_point(run_dir, cfg, resume)
+        checkpoint = point.checkpoint
+        context = RunContext(shape=data.shape, config=cfg, run_dir=run_dir, data=data)
+        methods = _build_methods(cfg, methods, context)
+        state, meta, warnings = _build_state(cfg, rt, data, budget, checkpoint, methods, context)
+        if checkpoint is not None:
+            _restore(state, checkpoint, meta, cfg, rt.dist)
+        news = [*notes.get("warnings", []), *point.warnings]
+        if rt.dist.is_main:
+            for message in news:
+                print(f"warning: {message}", file=sys.stderr)
+        _start_attempt(run_dir, cfg, rt, data, state, checkpoint, notes.get("restarted"))
+        # One list: warnings raised later (pricing a grown shape) land in the checkpointed state.
+        warnings[:] = list(dict.fromkeys([*state.info.get("warnings", []), *warnings, *news]))
+        state.info["warnings"] = warnings
+        trainer = _make_trainer(cfg, rt, data, state, run_dir, meta, folder.lock)
+        if trainer.log is not None:
+            for message in news:
+                trainer.log.note(
+                    {
+                        "event": "warning",
+                        "step": state.step,
+                        "p": round(state.clock.progress, 6),
+                        "message": message,
+                    }
+                )
+    except BaseException:
+        if trainer is not None and trainer.log is not None:
+            trainer.log.lock = None  # the folder releases it, once it is tidied
+            trainer.log.close()
+        folder.fail()
+        raise
+    return trainer
+
+
+class _RunFolder:
+    """The run folder as one attempt finds it: rank 0 locks it, tidies it (half-written
+    checkpoints of a killed save; the old files on --restart), and, when the attempt fails and
+    the folder held no run, removes what the attempt created there."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.lock: RunLock | None = None
+        self._created: list[Path] = []  # the folders this attempt created, innermost first
+        self._before: set[str] = set()
+        self._had_history = True  # until known otherwise: never remove what may be a run
+
+    def open(self, restart: bool) -> dict[str, Any]:
+        run_dir = self.run_dir
+        self._created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+        self._before = set(os.listdir(run_dir)) if run_dir.is_dir() else set()
+        try:
+            with storage_guard(run_dir, "the run folder"):
+                self.lock = RunLock(run_dir)
+        except BaseException:
+            # Not locked: another process may have made the folder meanwhile and be using it,
+            # so only empty folders go.
+            for path in self._created:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            raise
+        notes: dict[str, Any] = {"warnings": []}
+        if self.lock.took_over:
+            notes["warnings"].append(self.lock.took_over)
+        self._had_history = bool(run_history(run_dir))
+        for tmp in remove_partial(run_dir / "checkpoints"):
+            print(f"removed {tmp}: a checkpoint save that never finished", file=sys.stderr)
+        if restart:
+            moved = restart_run(run_dir)
+            if moved is not None:
+                print(f"--restart: the previous run's files are in {moved}", file=sys.stderr)
+                notes["restarted"] = str(moved)
+        return notes
+
+    def fail(self) -> None:
+        """The attempt failed: leave a folder without history as it was, and unlock it."""
+        if self.lock is None:
+            return
+        try:
+            if not self._had_history:
+                if self._created:
+                    self._remove_created()
+                else:
+                    for name in set(os.listdir(self.run_dir)) - self._before:
+                        path = self.run_dir / name
+                        if path.is_dir() and not path.is_symlink():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            self.lock.release()
+
+    def _remove_created(self) -> None:
+        """The run folder, then the parents made for it while they are empty (another run may
+        have been started in one of them meanwhile)."""
+        if not self._created:
+            return
+        shutil.rmtree(self._created[0], ignore_errors=True)
+        for parent in self._created[1:]:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+
+def _on_main(rt: Runtime, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`fn()` on rank 0; every rank learns whether it failed (so none waits for it forever)."""
+    error: BaseException | None = None
+    result: dict[str, Any] = {}
     if rt.dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint is not None:
-        _restore(state, checkpoint, meta, cfg, rt.dist)
-    _start_attempt(run_dir, cfg, rt, data, state, checkpoint)
-    # One list: warnings raised later (pricing a grown shape) land in the checkpointed state.
-    warnings[:] = list(dict.fromkeys([*state.info.get("warnings", []), *warnings]))
-    state.info["warnings"] = warnings
-    return _make_trainer(cfg, rt, data, state, run_dir, meta)
+        try:
+            result = fn()
+        except BaseException as e:
+            error = e
+    if rt.dist.active:
+        (failed,) = rt.dist.max([float(error is not None)], rt.device)
+        if failed and error is None:
+            raise RunFault("rank 0 could not open the run folder; see its message")
+    if error is not None:
+        raise error
+    return result
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -175,17 +314,21 @@ def _start_attempt(
     data: DataBundle,
     state: TrainState,
     checkpoint: Path | None,
+    restarted: str | None = None,
 ) -> None:
-    """Rank 0 cuts the metrics back to the checkpoint (or starts them afresh: a first attempt
-    that died before its first checkpoint leaves nothing), writes the resolved config and
-    appends this attempt to meta.json."""
+    """Rank 0 cuts the metrics back to the checkpoint (or, on a fresh start, clears a log that
+    holds no record: resume.py refused the start when it held any), writes the resolved config
+    and appends this attempt to meta.json."""
     if rt.dist.is_main:
         if checkpoint is not None:
             truncate_after(run_dir / "metrics.jsonl", state.step)
         else:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        _append_metadata(run_dir, rt.device, data, state.model.shape, checkpoint, rt.dist)
+        with storage_guard(run_dir, "the run's config and metadata into"):
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            _append_metadata(
+                run_dir, rt.device, data, state.model.shape, checkpoint, rt.dist, restarted
+            )
     rt.dist.barrier()
 
 
@@ -196,6 +339,7 @@ def _make_trainer(
     state: TrainState,
     run_dir: Path,
     checkpoint_meta: dict[str, Any],
+    lock: RunLock | None = None,
 ) -> Trainer:
     stream = train_stream(cfg, data)
     state.data = stream
@@ -204,7 +348,13 @@ def _make_trainer(
         from budgetlm.train.tracking import open_trackers
 
         trackers = open_trackers(cfg, run_dir, resumed_at=state.step)
-        log = MetricsLog(run_dir / "metrics.jsonl", trackers)
+        try:
+            log = MetricsLog(run_dir / "metrics.jsonl", trackers, lock=lock)
+        except BaseException:
+            if trackers is not None:
+                with contextlib.suppress(Exception):
+                    trackers.close()
+            raise
     return Trainer(
         state=state,
         stream=stream,
@@ -247,11 +397,14 @@ def _append_metadata(
     shape: ModelShape,
     resumed_from: Path | None,
     dist: Dist | None = None,
+    restarted: str | None = None,
 ) -> None:
     path = run_dir / "meta.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"attempts": []}
     entry = run_metadata(device)
     entry["resumed_from"] = str(resumed_from) if resumed_from else None
+    if restarted:
+        entry["previous_run_moved_to"] = restarted
     entry["parallel"] = {"mode": dist.mode, "world": dist.world} if dist else None
     meta["attempts"].append(entry)
     meta["dataset"] = {"path": str(data.dataset.path), **data.dataset.meta}
@@ -265,9 +418,23 @@ def _append_metadata(
 
 def finished_summary(cfg: Config) -> dict[str, Any] | None:
     """The summary of a run with this config that already spent its budget, if any."""
-    path = default_run_dir(cfg) / "summary.json"
+    run_dir = default_run_dir(cfg)
+    path = run_dir / "summary.json"
     if path.is_file():
         summary = json.loads(path.read_text())
         if summary.get("status") == "finished":
+            # A folder named by hand (run.dir) may hold a run of another config (another seed):
+            # its result is not this config's answer.
+            saved = run_dir / "config.yaml"
+            changed = (
+                resume_drift(yaml.safe_load(saved.read_text()), cfg.to_dict())
+                if saved.is_file()
+                else []
+            )
+            if changed:
+                raise ConfigError(
+                    f"{run_dir} holds a finished run of another config (it differs in "
+                    f"{changed}); set another run.dir or undo those changes"
+                )
             return summary
     return None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from budgetlm.compare.run.experiment import Cell, Experiment, experiment_from_dict
+from budgetlm.compare.run.experiment import Cell, Experiment
+from budgetlm.compare.run.experiment_file import experiment_from_dict
 
 GPT_BASE = {
     "model": {"preset": "gpt-tiny"},

@@ -108,7 +108,8 @@ def test_the_grid_runs_one_control_after_its_cells_and_skips_it_once_done(tmp_pa
     for arm in ("baseline", "ld"):  # finished, fine-tuned cells: the grid has nothing to run
         for seed in (1, 2):
             run_dir = plant_cell(exp, out, Cell(arm, "20steps", seed), 3.0)
-            write_results(run_dir, "glue", {"average": 0.5, "protocol": {}, "tasks": {}})
+            rte = {"main_metric": "accuracy", "mean": 0.5, "std": 0.0, "seeds": [1, 2]}
+            write_results(run_dir, "glue", {"average": 0.5, "protocol": {}, "tasks": {"rte": rte}})
     outcome = GridRunner(exp, out, jobs=1, threads=1, progress=False, poll_seconds=0.05).run()
     assert len(outcome.skipped) == 4 and not outcome.failed
     assert outcome.control == "finished", (control_dir(out) / "control.log").read_text()[-2000:]

@@ -104,6 +104,7 @@ def test_minilm_imports_as_a_backbone():
     assert backbone.encode(ids, torch.ones_like(ids)).shape == (1, ids.shape[1], 384)
 
 
+@pytest.mark.slow
 def test_finetuned_minilm_beats_the_majority_class_on_rotten_tomatoes(tmp_path):
     """A real pre-trained model on real data: about 75 steps of fine-tuning on CPU."""
     from budgetlm.finetune.protocol import Protocol

@@ -22,6 +22,7 @@ def _train(cfg, methods=(), timer=None, **kw):
     return trainer, summary, read_metrics(trainer.run_dir / "metrics.jsonl")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_learns_on_its_tiny_preset(family, tmp_path):
     cfg = tiny_config(

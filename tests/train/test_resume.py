@@ -45,7 +45,7 @@ def _cli(*args):
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=900,  # a hang guard, not a speed test
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -63,6 +63,7 @@ def _losses(run_dir):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
 def test_resume_in_a_fresh_process_is_bit_exact(family, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -79,7 +80,8 @@ def test_resume_in_a_fresh_process_is_bit_exact(family, tmp_path):
     assert _losses(straight) == _losses(resumed)
 
 
-def test_resume_skips_an_incomplete_checkpoint_and_refuses_a_corrupt_one(tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_skips_an_incomplete_and_a_corrupt_checkpoint(tmp_path, capsys):
     straight, run = tmp_path / "straight", tmp_path / "run"
     _cli(*_args("gpt", straight))
     _cli(*_args("gpt", run), "--stop-after", "7")  # checkpoints at steps 3, 6 and 7
@@ -89,14 +91,12 @@ def test_resume_skips_an_incomplete_checkpoint_and_refuses_a_corrupt_one(tmp_pat
     data = bytearray((ckpts / "step_000006" / "optimizer.safetensors").read_bytes())
     data[len(data) // 2] ^= 0x10
     (ckpts / "step_000006" / "optimizer.safetensors").write_bytes(bytes(data))
-    code = main(["train", *_args("gpt", run), "--resume", "auto", "--quiet"])
-    assert code == 2
-    assert "step_000006/optimizer.safetensors: checksum mismatch" in capsys.readouterr().err
-    # Without the corrupt one, resuming from step 3 still reproduces the straight run exactly.
-    import shutil
-
-    shutil.rmtree(ckpts / "step_000006")
-    _cli(*_args("gpt", run), "--resume", "auto")
+    # Both are skipped, each named with what is wrong; resuming from step 3 in a fresh process
+    # still reproduces the straight run exactly (more cases: test_checkpoint_fallback.py).
+    err = _cli(*_args("gpt", run), "--resume", "auto").stderr
+    assert "step_000007: no manifest.json" in err
+    assert "step_000006/optimizer.safetensors: checksum mismatch" in err
+    assert "resumed from step_000003" in err
     (wa, _), (wb, _) = _final_weights(straight), _final_weights(run)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

@@ -11,6 +11,15 @@ reaches it, ``B_base = B_max * ((L - c) / a)**(-1/b)``, and to the multiplier ``
 above 1 the arm saves compute (1.25x: the baseline needs 25% more budget for the same loss),
 below 1 it wastes some.
 
+A fit that misses the baseline's own points is not used: when the fitted loss at some budget lies
+more than ``MAX_MISFIT_Z`` standard errors (of that budget's seed mean) from the observed mean,
+the power law does not describe this baseline (early training, where the loss still falls
+faster with each doubling, is the common case) and reading other losses off it would invent
+savings: a method worse than the baseline at a budget could come out "1.02x". The curve is then
+the baseline's means joined linearly in log budget (:class:`Interpolated`), which passes through
+every point, so an arm is worth exactly 1x where it matches the baseline; the report names the
+misfit and the curve it used instead.
+
 Only losses inside the fitted range are converted: an arm better than the baseline at the
 largest budget (or worse than at the smallest) is reported as outside the range, not
 extrapolated. The interval is a percentile bootstrap over seeds: the seeds of each budget are
@@ -32,7 +41,11 @@ import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
 __all__ = [
+    "MAX_MISFIT_Z",
     "MIN_BUDGETS",
+    "Curve",
+    "Interpolated",
+    "Misfit",
     "RESAMPLES",
     "PowerLaw",
     "Saved",
@@ -40,7 +53,9 @@ __all__ = [
     "compute_saved",
     "draw_seeds",
     "fit_power_law",
+    "interpolate",
     "refit",
+    "worst_misfit",
 ]
 
 MIN_BUDGETS = 3  # three parameters: fewer budgets cannot pin the curve down
@@ -49,6 +64,10 @@ OK = "ok"
 BETTER_THAN_RANGE = "better than range"
 WORSE_THAN_RANGE = "worse than range"
 _B_BOUNDS = (1e-6, 10.0)  # b > 0; 10 is far steeper than any training curve
+# A fit further than this many standard errors from a budget's seed mean misses the baseline;
+# 3 keeps a curve that seed noise alone pushed off a point (p ~ 0.003 per budget).
+MAX_MISFIT_Z = 3.0
+_MIN_SE = 1e-6  # planted noiseless data: a residual of 1e-9 is a match, not a misfit
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,7 @@ class PowerLaw:
     scale: float
     low: float
     high: float
+    kind = "power law"
 
     def loss(self, amount: float) -> float:
         return self.a * (amount / self.scale) ** (-self.b) + self.c
@@ -145,6 +165,103 @@ def fit_power_law(
     return fit
 
 
+@dataclass(frozen=True)
+class Interpolated:
+    """The baseline's mean loss per budget joined by straight lines in log budget.
+
+    Used when the power law misses the baseline (see the module's docstring). Inside the range
+    it passes through every mean. Outside, only bootstrap refits ever ask (the point estimate
+    is never extrapolated): the end segments are extended, so a resampled arm mean just past a
+    resampled range still gets a finite budget."""
+
+    amounts: tuple[float, ...]  # increasing
+    losses: tuple[float, ...]  # strictly decreasing
+    kind = "interpolated"
+
+    @property
+    def low(self) -> float:
+        return self.amounts[0]
+
+    @property
+    def high(self) -> float:
+        return self.amounts[-1]
+
+    @property
+    def scale(self) -> float:
+        return self.amounts[-1]
+
+    @property
+    def loss_range(self) -> tuple[float, float]:
+        return self.losses[-1], self.losses[0]
+
+    def _segment(self, index: int) -> tuple[float, float, float, float]:
+        i = min(max(index, 0), len(self.amounts) - 2)
+        return (
+            math.log(self.amounts[i]),
+            self.losses[i],
+            math.log(self.amounts[i + 1]),
+            self.losses[i + 1],
+        )
+
+    def loss(self, amount: float) -> float:
+        t = math.log(amount)
+        index = int(np.searchsorted(np.log(self.amounts), t)) - 1
+        t0, y0, t1, y1 = self._segment(index)
+        return y0 + (y1 - y0) * (t - t0) / (t1 - t0)
+
+    def amount_for(self, loss: float) -> float:
+        # Losses decrease: segment i holds losses[i] >= loss >= losses[i + 1], i.e. i + 1
+        # losses lie above `loss` (counted on the reversed, increasing sequence).
+        above = len(self.losses) - int(np.searchsorted(self.losses[::-1], loss, side="right"))
+        t0, y0, t1, y1 = self._segment(above - 1)
+        log_amount = t0 + (loss - y0) * (t1 - t0) / (y1 - y0)
+        return math.exp(log_amount) if log_amount < 700.0 else math.inf
+
+
+Curve = PowerLaw | Interpolated
+
+
+def interpolate(amounts: Sequence[float], losses: Sequence[float]) -> Interpolated | None:
+    """The per-budget means of ``(amount, loss)`` points joined in log budget; None unless
+    there are two or more budgets and the mean loss falls strictly from each to the next."""
+    x = np.asarray(amounts, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if x.shape != y.shape or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return None
+    budgets = np.unique(x)
+    if len(budgets) < 2 or budgets[0] <= 0:
+        return None
+    means = [float(y[x == b].mean()) for b in budgets]
+    if any(later >= earlier for earlier, later in zip(means, means[1:], strict=False)):
+        return None
+    return Interpolated(tuple(float(b) for b in budgets), tuple(means))
+
+
+@dataclass(frozen=True)
+class Misfit:
+    """Where a curve lies furthest from the baseline's seed mean, in nats and standard errors."""
+
+    amount: float
+    residual: float  # fitted minus observed mean
+    z: float  # |residual| / the standard error of that budget's mean
+
+
+def worst_misfit(curve: Curve, base: Mapping[float, Mapping[int, float]]) -> Misfit | None:
+    """The budget where ``curve`` misses the baseline's mean by the most standard errors (a
+    budget with one seed has no standard error and is skipped); None when none can be judged."""
+    worst = None
+    for amount, seeds in base.items():
+        values = np.array(list(seeds.values()), dtype=float)
+        if len(values) < 2:
+            continue
+        se = max(float(values.std(ddof=1)) / math.sqrt(len(values)), _MIN_SE)
+        residual = curve.loss(amount) - float(values.mean())
+        misfit = Misfit(amount, residual, abs(residual) / se)
+        if worst is None or misfit.z > worst.z:
+            worst = misfit
+    return worst
+
+
 # -- the bootstrap over seeds --------------------------------------------------------------------
 
 
@@ -180,9 +297,10 @@ def _resampled_means(values: Mapping[int, float], draw: SeedDraws) -> np.ndarray
 def refit(
     base: Mapping[float, Mapping[int, float]],
     draws: Mapping[float, SeedDraws],
-    start: PowerLaw | None = None,
-) -> list[PowerLaw | None]:
-    """The baseline refitted on each resample of ``draws`` (None where the fit failed)."""
+    start: Curve | None = None,
+) -> list[Curve | None]:
+    """The baseline refitted on each resample of ``draws`` (None where the fit failed), with
+    the kind of curve ``start`` is (a power law when None)."""
     amounts = sorted(draws)
     means = {a: _resampled_means(base[a], draws[a]) for a in amounts}
     counts = {a: len(draws[a].seeds) for a in amounts}
@@ -193,7 +311,10 @@ def refit(
         # the fit on every run.
         xs = [a for a in amounts for _ in range(counts[a])]
         ys = [float(means[a][r]) for a in amounts for _ in range(counts[a])]
-        fits.append(fit_power_law(xs, ys, start))
+        if isinstance(start, Interpolated):
+            fits.append(interpolate(xs, ys))
+        else:
+            fits.append(fit_power_law(xs, ys, start))
     return fits
 
 
@@ -216,8 +337,8 @@ class Saved:
 
 
 def compute_saved(
-    fit: PowerLaw,
-    fits: Sequence[PowerLaw | None],
+    fit: Curve,
+    fits: Sequence[Curve | None],
     draws: Mapping[float, SeedDraws],
     arm: Mapping[int, float],
     amount: float,

@@ -73,10 +73,39 @@ def references_path(out_dir: Path) -> Path:
     return Path(out_dir) / REFERENCES_FILE
 
 
-def read_references(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """The budgets' entries of ``references.json`` ({} when there is none or it is unreadable)."""
-    raw = _read_file(references_path(out_dir))
-    return {k: v for k, v in raw.items() if not k.startswith("_") and isinstance(v, dict)}
+def read_references(
+    out_dir: Path, budgets: tuple[str, ...]
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """The report's view of ``references.json`` in ``out_dir``: per budget of ``budgets`` the
+    unigram and bigram held-out losses (the bigram is null for masked and span
+    objectives); keys starting with "_" are its bookkeeping. Missing: nothing. Malformed:
+    nothing and a note saying why, so that a bad optional file shows on the page instead of
+    failing the report."""
+    path = references_path(out_dir)
+    if not path.is_file():
+        return {}, ""
+    out = {}
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping of budget -> references")
+        for budget, ref in raw.items():
+            if str(budget).startswith("_"):
+                continue
+            if not isinstance(ref, dict):
+                raise ValueError(f"{budget!r}: not a mapping")
+            out[str(budget)] = {
+                "unigram": float(ref["unigram"]),
+                "bigram": None if ref.get("bigram") is None else float(ref["bigram"]),
+                "tokens": None if ref.get("tokens") is None else int(ref["tokens"]),
+                "split": str(ref.get("split") or "?"),
+                "note": str(ref.get("note") or ""),
+            }
+    except (ValueError, KeyError, TypeError) as e:
+        return {}, f"{REFERENCES_FILE} could not be read ({e}); no n-gram references are shown"
+    unknown = sorted(set(out) - set(budgets))
+    note = f"{REFERENCES_FILE} has budgets this experiment lacks: {', '.join(unknown)}"
+    return {b: out[b] for b in budgets if b in out}, note if unknown else ""
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from budgetlm.compare.analysis import stats
-from budgetlm.compare.analysis.compute_saved import PowerLaw
+from budgetlm.compare.analysis.compute_saved import Curve
 
 __all__ = [
     "ERROR",
@@ -91,7 +91,7 @@ def work_factor(share: float, error: float) -> float:
     return 1.0 / (1.0 + error * share)
 
 
-def shift_on_fit(fit: PowerLaw, amount: float, factor: float) -> float:
+def shift_on_fit(fit: Curve, amount: float, factor: float) -> float:
     """The loss change of training with ``factor`` times the budget ``amount``, on the
     baseline's fitted power law: positive when ``factor < 1`` (less work, higher loss)."""
     return fit.loss(amount * factor) - fit.loss(amount)
@@ -166,7 +166,7 @@ def sensitivity(
     amount: float,
     rejudge: Callable[[float], str],
     *,
-    fit: PowerLaw | None = None,
+    fit: Curve | None = None,
     slope: float | None = None,
     error: float = ERROR,
 ) -> Sensitivity | None:

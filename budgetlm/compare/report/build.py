@@ -22,14 +22,15 @@ import yaml
 
 from budgetlm.budget.clock import Budget
 from budgetlm.compare.analysis import compute_saved, sensitivity, stats
-from budgetlm.compare.analysis.compute_saved import PowerLaw, Saved
+from budgetlm.compare.analysis.compute_saved import Curve, Misfit, Saved
 from budgetlm.compare.analysis.control import ControlResult, read_control
-from budgetlm.compare.analysis.references import REFERENCES_FILE
+from budgetlm.compare.analysis.references import read_references
 from budgetlm.compare.analysis.results import CellResult, Tuning, judged_cells, read_cell, tuning
 from budgetlm.compare.analysis.sensitivity import Sensitivity
 from budgetlm.compare.report.curves import CURVE_KEY
 from budgetlm.compare.run.cell import CELL_CONFIG
-from budgetlm.compare.run.experiment import Experiment, experiment_from_dict
+from budgetlm.compare.run.experiment import Experiment
+from budgetlm.compare.run.experiment_file import experiment_from_dict
 from budgetlm.compare.run.grid import EXPERIMENT_FILE
 from budgetlm.errors import UserError
 
@@ -205,7 +206,8 @@ class Report:
     protocol: dict[str, Any] = field(default_factory=dict)
     family: Family | None = None
     tests: list[stats.Comparison] = field(default_factory=list)  # the family, judged
-    fit: PowerLaw | None = None  # the baseline's final loss against budget
+    fit: Curve | None = None  # the baseline's final loss against budget
+    rejected_fit: Misfit | None = None  # where a power law missed the baseline (fit: interpolated)
     fit_note: str = ""  # why there is no fit
     fit_runs: int = 0  # baseline runs the fit used
     # budget -> {"unigram", "bigram", "tokens", "split", "note"} from references.json
@@ -510,9 +512,14 @@ def _compute_saved(report: Report) -> None:
         ys = [v for seeds in base.values() for v in seeds.values()]
         fit = compute_saved.fit_power_law(xs, ys)
         report.fit_runs = len(xs)
+        misfit = compute_saved.worst_misfit(fit, base) if fit is not None else None
+        if misfit is not None and misfit.z > compute_saved.MAX_MISFIT_Z:
+            report.rejected_fit = misfit
+            fit = compute_saved.interpolate(xs, ys)
         if fit is None:
-            why = "the power-law fit of the baseline failed (its loss does not fall with budget)"
-            short = "fit failed"
+            why = "the baseline's loss does not fall with budget at every step"
+            why += "" if report.rejected_fit else " (the power-law fit failed)"
+            short = "no falling baseline curve"
     report.fit, report.fit_note = fit, why
     if fit is None:
         for row in report.results.values():
@@ -596,44 +603,6 @@ def _arm_sensitivity(report: Report, r: ArmResult, base: ArmResult) -> Sensitivi
         slope=sensitivity.curve_slope(curves),
         error=s.price_error,
     )
-
-
-# -- n-gram references -------------------------------------------------------------------------
-
-
-def read_references(
-    out_dir: Path, budgets: tuple[str, ...]
-) -> tuple[dict[str, dict[str, Any]], str]:
-    """references.json of a compare folder (compare/analysis/references.py writes it): per
-    budget the unigram and bigram held-out losses (the bigram is null for masked and span
-    objectives); keys starting with "_" are its bookkeeping. Missing: nothing. Malformed:
-    nothing and a note saying why, so that a bad optional file shows on the page instead of
-    failing the report."""
-    path = out_dir / REFERENCES_FILE
-    if not path.is_file():
-        return {}, ""
-    out = {}
-    try:
-        raw = json.loads(path.read_text())
-        if not isinstance(raw, dict):
-            raise ValueError("not a mapping of budget -> references")
-        for budget, ref in raw.items():
-            if str(budget).startswith("_"):
-                continue
-            if not isinstance(ref, dict):
-                raise ValueError(f"{budget!r}: not a mapping")
-            out[str(budget)] = {
-                "unigram": float(ref["unigram"]),
-                "bigram": None if ref.get("bigram") is None else float(ref["bigram"]),
-                "tokens": None if ref.get("tokens") is None else int(ref["tokens"]),
-                "split": str(ref.get("split") or "?"),
-                "note": str(ref.get("note") or ""),
-            }
-    except (ValueError, KeyError, TypeError) as e:
-        return {}, f"{REFERENCES_FILE} could not be read ({e}); no n-gram references are shown"
-    unknown = sorted(set(out) - set(budgets))
-    note = f"{REFERENCES_FILE} has budgets this experiment lacks: {', '.join(unknown)}"
-    return {b: out[b] for b in budgets if b in out}, note if unknown else ""
 
 
 def _protocol(report: Report) -> dict[str, Any]:

@@ -340,18 +340,20 @@ class Charts:
         )
 
     def _fit_line(self, ax: Axes) -> None:
-        """The baseline's fitted power law over the budgets it was fitted on (dashed)."""
+        """The baseline's curve over its budgets (dashed): the fitted power law, or the means
+        joined in log budget when the power law missed them."""
         fit = self.report.fit
         if fit is None:
             return
         xs = np.geomspace(fit.low, fit.high, 64)
+        power_law = fit.kind == "power law"
         ax.plot(
             xs,
             [fit.loss(float(x)) for x in xs],
             color=self.colors[self.report.exp.baseline],
             ls="--",
             lw=1.2,
-            label="baseline fit a·B^−b + c",
+            label="baseline fit a·B^−b + c" if power_law else "baseline, joined in log budget",
             gid=self._gid(self.report.exp.baseline, "fit"),
         )
 

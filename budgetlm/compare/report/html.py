@@ -81,6 +81,17 @@ ACROSS_CAPTION = (
     "its own run, trained to the end of that budget."
 )
 FIT_CAPTION = " Dashed: the baseline's fitted power law, L(B) = a·B^−b + c (see below)."
+JOINED_CAPTION = (
+    " Dashed: the baseline's means joined in log budget (a power law missed them; see below)."
+)
+
+
+def _fit_caption(report: Report) -> str:
+    if report.fit is None:
+        return ""
+    return FIT_CAPTION if report.fit.kind == "power law" else JOINED_CAPTION
+
+
 REFERENCES_CAPTION = " Dotted grey: the n-gram references (unigram, bigram) of each budget."
 SPENT_CAPTION = (
     "One bar per arm, in the arm's colour; the shades say what the budget paid for (see the "
@@ -159,7 +170,7 @@ def render_html(report: Report) -> str:
     for budget in exp.budgets:
         parts += _budget_section(report, budget, charts)
     if (chart := charts.loss_vs_budget()) is not None:
-        caption = ACROSS_CAPTION + (FIT_CAPTION if report.fit else "")
+        caption = ACROSS_CAPTION + _fit_caption(report)
         caption += REFERENCES_CAPTION if report.references else ""
         figure = _figure(chart, caption)
         parts += ["<h2>Final loss across budgets</h2>", f'<div class="charts">{figure}</div>']

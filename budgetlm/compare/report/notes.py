@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from budgetlm.budget.clock import Budget
-from budgetlm.compare.analysis import stats
-from budgetlm.compare.analysis.compute_saved import BETTER_THAN_RANGE, OK
+from budgetlm.compare.analysis import compute_saved, stats
+from budgetlm.compare.analysis.compute_saved import BETTER_THAN_RANGE, OK, Interpolated
 from budgetlm.compare.analysis.results import split_sizes
 from budgetlm.compare.report.build import ArmResult, Downstream, Report, machine_name
 
@@ -96,19 +96,43 @@ def saved_note(report: Report) -> str:
     fit = report.fit
     if fit is None:
         return f"Compute saved: not computed: {report.fit_note}."
-    # The budget the fit divides by (the largest), as the experiment wrote it.
-    scale = next(b for b in report.exp.budgets if Budget.parse(b).amount == fit.scale)
     conf = round(100 * report.exp.stats.confidence)
+    if isinstance(fit, Interpolated):
+        curve = (
+            f"{_rejected(report)}the baseline's mean final losses are joined by straight lines "
+            f"in log budget ({report.fit_runs} runs), which pass through every one of them"
+        )
+    else:
+        # The budget the fit divides by (the largest), as the experiment wrote it.
+        scale = next(b for b in report.exp.budgets if Budget.parse(b).amount == fit.scale)
+        curve = (
+            f"the baseline's final loss is fitted against budget, L(B) = {fit.a:.3f} × "
+            f"(B / {scale})^−{fit.b:.3g} + {fit.c:.3f} ({report.fit_runs} runs; scipy "
+            "curve_fit, a, b > 0, c ≥ 0; it lies within "
+            f"{compute_saved.MAX_MISFIT_Z:g} standard errors of every budget's mean)"
+        )
     return (
-        f"Compute saved: the baseline's final loss is fitted against budget, L(B) = "
-        f"{fit.a:.3f} × (B / {scale})^−{fit.b:.3g} + {fit.c:.3f} ({report.fit_runs} runs; "
-        "scipy curve_fit, a, b > 0, c ≥ 0), and each arm's mean loss is read as the budget "
-        "the baseline needs to reach it, as a multiple of the arm's budget: above 1× the arm "
-        "saves compute (1.25×: the baseline needs 25% more), below 1× it wastes some. "
+        f"Compute saved: {curve}, and each arm's mean loss is read as the budget the baseline "
+        "needs to reach it, as a multiple of the arm's budget: above 1× the arm saves compute "
+        "(1.25×: the baseline needs 25% more), below 1× it wastes some. "
         f"Interval: {conf}% percentile bootstrap over seeds (resampled within each budget, "
-        "the baseline refitted each time); per comparison, not Holm-adjusted, and too narrow "
-        "with fewer than ~5 seeds, like any bootstrap. Losses outside the fitted range are not "
-        "extrapolated."
+        "the baseline's curve redrawn each time); per comparison, not Holm-adjusted, and too "
+        "narrow with fewer than ~5 seeds, like any bootstrap. Losses outside the range of the "
+        "baseline's budgets are not extrapolated."
+    )
+
+
+def _rejected(report: Report) -> str:
+    """Why the power law was not used, when it was not."""
+    m = report.rejected_fit
+    if m is None:
+        return ""
+    budget = next(b for b in report.exp.budgets if Budget.parse(b).amount == m.amount)
+    return (
+        f"a power law with an offset misses the baseline's mean at {budget} by "
+        f"{abs(m.residual):.3f} nats ({m.z:.1f} standard errors of that mean; the limit is "
+        f"{compute_saved.MAX_MISFIT_Z:g}), so it does not describe this baseline and is not "
+        "used; instead "
     )
 
 
@@ -120,8 +144,8 @@ def sensitivity_note(report: Report) -> str:
         "Hessian passes), and its training or optimizer spend when that costs per step more "
         "than 1% unlike the baseline's (layer dropping or stacking, selective backprop's "
         "smaller backward batch, another optimizer). At +e the budget buys 1 / (1 + e × share) "
-        "of the work; the loss that costs comes from the baseline's fitted curve (or the "
-        "arm's own held-out curve without a fit), and the test and Holm are redone."
+        "of the work; the loss that costs comes from the baseline's curve (above; or the "
+        "arm's own held-out curve without one), and the test and Holm are redone."
     )
 
 
@@ -181,7 +205,7 @@ def saved_sentence(report: Report, r: ArmResult) -> str | None:
     failed = f"; {saved.failed} of {saved.resamples} refits failed" if saved.failed else ""
     return (
         f"Compute saved: worth {saved.multiplier:.2f}× its budget in baseline compute — the "
-        f"baseline's fit reaches this loss at {budget.format(saved.needed)} ({conf}% CI "
+        f"baseline's curve reaches this loss at {budget.format(saved.needed)} ({conf}% CI "
         f"{saved.ci_low:.2f}–{saved.ci_high:.2f}×{failed})."
     )
 
@@ -199,7 +223,7 @@ def sensitivity_sentence(report: Report, r: ArmResult) -> str | None:
     work = (
         f"its extra work ({' + '.join(s.work.purposes)}, {100 * s.work.share:.0f}% of its charge)"
     )
-    source = "the baseline's fit" if s.source == "fit" else "its own held-out curve"
+    source = "the baseline's curve" if s.source == "fit" else "its own held-out curve"
     if not (s.flips_up or s.flips_down):
         return (
             f"Survives ±{e}: priced {e} higher or lower, {work} would move its loss by "
@@ -361,8 +385,8 @@ def protocol_items(report: Report) -> list[tuple[str, str]]:
         ),
         ("Held-out splits", splits_note(report)),
         ("Statistics", stats_note(report)),
-        ("Compute saved", saved_note(report)),
-        ("Price sensitivity", sensitivity_note(report)),
+        ("Compute saved", saved_note(report).removeprefix("Compute saved: ")),
+        ("Price sensitivity", sensitivity_note(report).removeprefix("Price sensitivity: ")),
         ("Training loss and epochs", TRAIN_LOSS),
         ("Code version", ", ".join(p["code_versions"]) or "unknown"),
         ("budgetlm", str(p.get("budgetlm") or "unknown")),

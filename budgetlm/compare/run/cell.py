@@ -3,7 +3,12 @@
 A cell is an ordinary run directory (train with the one loop, `--resume auto` semantics) plus
 `cell.yaml`, the config the grid wants there. The process
 - holds `CELL_DIR/.lock` while it works, so a leftover process of a killed grid and its
-  re-run never train the same cell at once;
+  re-run never train the same cell at once (the re-run waits for it);
+- then, while it trains, the run lock of its run folder (train/run_lock.py: `.run.lock` in the
+  same folder), the one every training process takes: a `budgetlm train --resume auto` by hand
+  on the cell's folder meanwhile is refused (exit 4), and the cell's own `open_run` re-enters
+  the lock its process holds. Two lock files, taken in this order (cell, then run) and never
+  the other way round, so neither a cell nor a hand-started run can deadlock on the other;
 - prepares a RHO-loss IL table first when the arm needs one (under a lock: cells of one seed
   share it);
 - writes `error.json` (type, message, traceback) when the run fails, and exits 1 (2 for a bad
@@ -25,7 +30,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from budgetlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from budgetlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
 
 CELL_CONFIG = "cell.yaml"
 ERROR_FILE = "error.json"
@@ -77,7 +82,9 @@ def run_cell(cell_dir: Path) -> int:
     from budgetlm.config import load_config
     from budgetlm.errors import user_errors
     from budgetlm.registry import parse_method_spec
-    from budgetlm.train.session import finished_summary, open_run
+    from budgetlm.train.resume import nothing_to_resume
+    from budgetlm.train.run_lock import acquire as run_lock
+    from budgetlm.train.session import default_run_dir, finished_summary, open_run
 
     with file_lock(cell_dir / LOCK_FILE):
         cfg = load_config(cell_dir / CELL_CONFIG)
@@ -85,23 +92,32 @@ def run_cell(cell_dir: Path) -> int:
             return finetune_cell(cell_dir)
         (cell_dir / ERROR_FILE).unlink(missing_ok=True)
         try:
-            if "rho_loss" in parse_method_spec(cfg.method):
-                from budgetlm.train.irreducible import prepare_il_table
+            with run_lock(default_run_dir(cfg)):
+                if "rho_loss" in parse_method_spec(cfg.method):
+                    from budgetlm.train.irreducible import prepare_il_table
 
-                with file_lock(Path(cfg.run.out_dir) / "rho" / LOCK_FILE):
-                    prepare_il_table(cfg, progress=False)
-            trainer = open_run(cfg, resume="auto", progress=False)
-            try:
-                summary = trainer.run()
-            finally:
-                trainer.log.close()
+                    with file_lock(Path(cfg.run.out_dir) / "rho" / LOCK_FILE):
+                        prepare_il_table(cfg, progress=False)
+                # The grid owns the cell's folder: an attempt killed before its first complete
+                # checkpoint (out of memory, SIGKILL) has nothing to resume and starts over,
+                # its files moved to previous/ (a run by hand would be refused instead).
+                restart = nothing_to_resume(default_run_dir(cfg))
+                if restart:
+                    print("cell: no checkpoint to resume; starting over", file=sys.stderr)
+                trainer = open_run(
+                    cfg, resume=None if restart else "auto", restart=restart, progress=False
+                )
+                try:
+                    summary = trainer.run()
+                finally:
+                    trainer.log.close()
         except Exception as e:
             if type(e).__name__ == "ILRunStopped":  # the IL model's run was asked to stop
                 return EXIT_INTERRUPTED
             user_error = isinstance(e, user_errors())
             write_error(cell_dir, e, user_error)
             print(f"cell failed: {type(e).__name__}: {e}", file=sys.stderr)
-            return EXIT_USAGE if user_error else EXIT_FAILED
+            return exit_code_for(e) if user_error else EXIT_FAILED
         if summary["status"] != "finished":
             return EXIT_INTERRUPTED
         print(f"cell finished: held-out loss {summary['final_val_loss']}", file=sys.stderr)
@@ -110,13 +126,13 @@ def run_cell(cell_dir: Path) -> int:
 
 def finetune_cell(cell_dir: Path) -> int:
     """Fine-tune a finished cell as the experiment asks, unless its scores are already there."""
-    from budgetlm.finetune.store import read_results
+    from budgetlm.finetune.store import has_results, read_results
 
     spec_path = cell_dir / FINETUNE_SPEC
     if not spec_path.is_file():
         return 0
     spec = json.loads(spec_path.read_text())
-    if spec["suite"] in read_results(cell_dir):
+    if has_results(read_results(cell_dir), spec["suite"], spec.get("tasks")):
         return 0
     from budgetlm.finetune.protocol import Protocol
     from budgetlm.finetune.run import finetune_run

@@ -38,7 +38,7 @@ from budgetlm.compare.run.cell import (
 )
 from budgetlm.compare.run.experiment import Cell, Experiment
 from budgetlm.config import dump_yaml
-from budgetlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from budgetlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
 
 CONTROL_DIR = Path("controls") / "random-init"
 CONTROL_CONFIG = "control.yaml"
@@ -149,7 +149,7 @@ def run_control(folder: Path) -> int:
             user_error = isinstance(e, user_errors())
             write_error(folder, e, user_error)
             print(f"control failed: {type(e).__name__}: {e}", file=sys.stderr)
-            return EXIT_USAGE if user_error else EXIT_FAILED
+            return exit_code_for(e) if user_error else EXIT_FAILED
     print(f"random-init control: {spec['suite']} average {results['average']:.4f}", file=sys.stderr)
     return 0
 

@@ -43,7 +43,8 @@ from budgetlm.compare.run.cell import (
 )
 from budgetlm.compare.run.control import control_dir, prepare_control, run_control_process
 from budgetlm.compare.run.experiment import Cell, Experiment, ExperimentError
-from budgetlm.config import RESUME_SAFE, Config, config_diff, dump_yaml
+from budgetlm.config import Config, dump_yaml, resume_drift
+from budgetlm.finetune.store import has_results
 
 LOCK_FILE = ".compare.lock"
 EXPERIMENT_FILE = "experiment.json"
@@ -157,11 +158,7 @@ class GridRunner:
         run_dir = Path(cfg.run.dir)
         saved = run_dir / "config.yaml"
         if saved.is_file():
-            changed = [
-                k
-                for k in config_diff(yaml.safe_load(saved.read_text()), cfg.to_dict())
-                if k not in RESUME_SAFE and not k.startswith("run.")
-            ]
+            changed = resume_drift(yaml.safe_load(saved.read_text()), cfg.to_dict())
             if changed and not self.rerun_changed:
                 raise ExperimentError(
                     f"cell {cell.id} ran with a different config ({', '.join(changed)}); "
@@ -188,7 +185,8 @@ class GridRunner:
     def _finetune_pending(self, result: Any) -> bool:
         if not self.exp.finetune or result.error is not None:
             return False
-        return self.exp.finetune["suite"] not in result.downstream
+        spec = self.exp.finetune
+        return not has_results(result.downstream, spec["suite"], spec.get("tasks"))
 
     def _prepare_data(self, cells: list[Cell]) -> None:
         """Tokenize each distinct dataset once, here, rather than in several cells at once."""

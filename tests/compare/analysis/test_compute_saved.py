@@ -9,13 +9,17 @@ import pytest
 
 from budgetlm.compare.analysis.compute_saved import (
     BETTER_THAN_RANGE,
+    MAX_MISFIT_Z,
     OK,
     WORSE_THAN_RANGE,
+    Interpolated,
     PowerLaw,
     compute_saved,
     draw_seeds,
     fit_power_law,
+    interpolate,
     refit,
+    worst_misfit,
 )
 
 from ..planted import LAW, LAW_SCALE, SEED_EFFECT, law
@@ -126,3 +130,61 @@ def test_the_arm_is_resampled_with_the_baselines_seeds_when_it_has_them():
     independent = compute_saved(fit, fits, draws, other_seeds, 60.0)
     assert shared.multiplier == pytest.approx(independent.multiplier)
     assert shared.ci_high - shared.ci_low < independent.ci_high - independent.ci_low
+
+
+# Early training: each doubling of the budget lowers the loss more than the last (concave in log
+# budget), which no a * B^-b + c with b, c >= 0 can follow (the measured cpu-methods baseline).
+EARLY = {25.0: 3.18, 50.0: 2.905, 100.0: 2.502}
+EARLY_SPREAD = (-0.01, -0.005, 0.0, 0.005, 0.01)
+
+
+def early_base() -> dict[float, dict[int, float]]:
+    return {a: {s + 1: m + d for s, d in enumerate(EARLY_SPREAD)} for a, m in EARLY.items()}
+
+
+def test_a_power_law_through_its_points_passes_the_misfit_check():
+    base = planted_base()
+    fit = fit_power_law(*points(base))
+    assert worst_misfit(fit, base).z < MAX_MISFIT_Z
+
+
+def test_a_power_law_that_misses_the_baseline_is_caught_by_hand():
+    base = early_base()
+    fit = fit_power_law(*points(base))
+    assert fit is not None  # the fit "succeeds", bounded, and misses
+    misfit = worst_misfit(fit, base)
+    se = np.std(EARLY_SPREAD, ddof=1) / math.sqrt(len(EARLY_SPREAD))
+    observed = EARLY[misfit.amount]
+    assert misfit.residual == pytest.approx(fit.loss(misfit.amount) - observed)
+    assert misfit.z == pytest.approx(abs(misfit.residual) / se)
+    assert misfit.z > MAX_MISFIT_Z
+
+
+def test_the_interpolated_curve_passes_through_the_means_and_inverts_by_hand():
+    curve = interpolate(*points(early_base()))
+    assert isinstance(curve, Interpolated)
+    for amount, mean in EARLY.items():
+        assert curve.loss(amount) == pytest.approx(mean)
+        assert curve.amount_for(mean) == pytest.approx(amount)
+    # Halfway in loss between 25 and 50 lies halfway in log budget: 25 * 2**0.5.
+    assert curve.amount_for((3.18 + 2.905) / 2) == pytest.approx(25 * 2**0.5)
+    assert curve.loss_range == pytest.approx((2.502, 3.18))
+    assert interpolate([10, 20, 40], [4.0, 4.0, 3.0]) is None  # not strictly falling
+    assert interpolate([10, 10], [4.0, 3.0]) is None  # one budget
+
+
+def test_on_the_interpolated_curve_an_arm_worse_than_the_baseline_is_worth_less_than_1x():
+    base = early_base()
+    curve = interpolate(*points(base))
+    draws = draw_seeds({a: list(s) for a, s in base.items()}, resamples=200)
+    fits = refit(base, draws, start=curve)
+    assert all(isinstance(f, Interpolated) for f in fits if f is not None)
+    worse = {s: v + 0.015 for s, v in base[25.0].items()}  # layer_drop at 25s, measured
+    saved = compute_saved(curve, fits, draws, worse, 25.0)
+    assert saved.status == WORSE_THAN_RANGE  # below the smallest budget: not extrapolated
+    worse = {s: v + 0.015 for s, v in base[50.0].items()}
+    saved = compute_saved(curve, fits, draws, worse, 50.0)
+    assert saved.status == OK and saved.multiplier < 1.0
+    assert saved.ci_low <= saved.multiplier <= saved.ci_high
+    equal = compute_saved(curve, fits, draws, base[50.0], 50.0)
+    assert equal.multiplier == pytest.approx(1.0)

@@ -120,7 +120,10 @@ def test_written_file_is_cached_until_its_inputs_change(grid, monkeypatch):
     path = references.write_references(exp, out)
     assert path == out / "references.json"
     written = json.loads(path.read_text())
-    assert references.read_references(out) == {k: written[k] for k in ("20steps", "80steps")}
+    read, note = references.read_references(out, exp.budgets)
+    assert note == ""
+    for budget in ("20steps", "80steps"):
+        assert read[budget] == {k: written[budget][k] for k in read[budget]}
 
     computed: list[str] = []
     real = references._compute
@@ -180,7 +183,7 @@ def test_budgets_without_a_finished_baseline_are_skipped_with_a_reason(tmp_path,
     assert set(refs["20steps"]) == ENTRY_KEYS
     assert refs["20steps"]["tokens"] == 2_000  # neither the failed nor the tuning seed
     assert "LR tuning" in refs["_skipped"]["40steps"]
-    assert "FileNotFoundError" in refs["_skipped"]["80steps"]
+    assert "is not a prepared dataset" in refs["_skipped"]["80steps"]  # its data moved away
     assert {k for k in refs if not k.startswith("_")} == {"20steps"}
 
 
@@ -275,7 +278,8 @@ def test_reading_references_imports_no_torch(grid):
     code = (
         "import sys\n"
         "from budgetlm.compare.analysis import ngram, references\n"
-        f"assert set(references.read_references({str(out)!r})) == {{'20steps', '80steps'}}\n"
+        f"read, _ = references.read_references({str(out)!r}, {tuple(exp.budgets)!r})\n"
+        "assert set(read) == {'20steps', '80steps'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

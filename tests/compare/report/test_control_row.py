@@ -14,7 +14,7 @@ from budgetlm.compare.report.tables import CONTROL_ARM, CONTROL_HEADER
 from budgetlm.compare.report.write import write_report
 from budgetlm.compare.run.cell import ERROR_FILE
 from budgetlm.compare.run.control import control_dir, prepare_control
-from budgetlm.compare.run.experiment import experiment_from_dict
+from budgetlm.compare.run.experiment_file import experiment_from_dict
 from budgetlm.finetune.store import write_results
 
 from ..browser import WINDOW, need_browser, render

@@ -215,7 +215,7 @@ def test_with_fewer_than_three_budgets_the_column_says_why(tmp_path):
     assert csv_rows(paths["summary_csv"])[("20steps", "good")]["compute_saved_status"] == (
         "needs 3 budgets"
     )
-    assert "Compute saved: not computed: needs 3 budgets" in paths["html"].read_text()
+    assert "<dt>Compute saved</dt><dd>not computed: needs 3 budgets" in paths["html"].read_text()
 
 
 # -- price sensitivity ----------------------------------------------------------------------------
@@ -326,3 +326,27 @@ def test_no_nan_or_inf_leaks_into_the_page(power):
     _, paths = power
     text = paths["html"].read_text() + paths["markdown"].read_text()
     assert not any(word in text.split() for word in ("nan", "inf", "None"))
+
+
+def test_a_power_law_that_misses_the_baseline_is_replaced_by_its_joined_means(tmp_path):
+    # Early training: each doubling lowers the loss more than the last (the measured
+    # cpu-methods baseline), which no a * B^-b + c can follow. An arm 0.015 nats worse than the
+    # baseline must then read below 1x, never "1.02x" next to a "worse" verdict.
+    means = {25.0: 3.18, 50.0: 2.905, 100.0: 2.502}
+
+    def early(amount, seed):
+        return means[amount] + (seed - 2.5) / 200
+
+    def worse(amount, seed):
+        return early(amount, seed) + 0.015
+
+    arms = {"baseline": (early, None), "worse": (worse, None)}
+    plant_power_law_grid(tmp_path / "grid", arms, budgets=("25s-rst", "50s-rst", "100s-rst"))
+    report = build_report(tmp_path / "grid")
+    assert report.fit.kind == "interpolated" and report.rejected_fit.z > 3
+    saved = report.arm_result("50s-rst", "worse").saved
+    assert saved.status == "ok" and saved.multiplier < 1.0
+    assert report.arm_result("25s-rst", "worse").saved.status == "worse than range"
+    md = write_report(report)["markdown"].read_text()
+    assert "a power law with an offset misses the baseline's mean at" in md
+    assert "joined by straight lines in log budget" in md

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from budgetlm.compare.run.experiment import Cell, ExperimentError, load_experiment
+from budgetlm.compare.run.experiment import Cell, ExperimentError
+from budgetlm.compare.run.experiment_file import load_experiment
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -164,6 +165,7 @@ def test_tuning_cells_evaluate_on_tune_and_judged_cells_on_test(tmp_path):
 
 def test_the_record_reads_back_without_building_a_config(tmp_path, monkeypatch):
     from budgetlm.compare.run import experiment as module
+    from budgetlm.compare.run.experiment_file import experiment_from_dict
 
     exp = tuned_experiment(tmp_path, budgets="first")
 
@@ -172,7 +174,7 @@ def test_the_record_reads_back_without_building_a_config(tmp_path, monkeypatch):
 
     monkeypatch.setattr(module, "load_config", no_config)
     record = {k: v for k, v in exp.to_dict().items() if k != "source"}  # as `report` reads it
-    again = module.experiment_from_dict(record, tmp_path)
+    again = experiment_from_dict(record, tmp_path)
     assert again.arms == exp.arms and again.tuning == exp.tuning
     assert again.tuning_seeds == exp.tuning_seeds == (1003,)
 
@@ -214,7 +216,7 @@ def test_dry_run_lists_every_arms_tuning_cells(tmp_path, capsys):
 
 def test_the_saved_record_keeps_whether_the_file_had_a_tuning_section(tmp_path):
     """Reloading experiment.json must not turn 'no tuning section' into 'tune every arm'."""
-    from budgetlm.compare.run.experiment import experiment_from_dict
+    from budgetlm.compare.run.experiment_file import experiment_from_dict
 
     base = {"config": {"model": {"preset": "gpt-tiny"}}, "budgets": ["20steps"], "seeds": [1, 2]}
     for raw in ({**base, "arms": ["baseline"]}, {**base, "arms": ["baseline"], "tuning": {}}):

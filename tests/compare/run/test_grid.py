@@ -19,12 +19,13 @@ import yaml
 
 from budgetlm.cli import main
 from budgetlm.compare.analysis.results import judged_cells, tuning
-from budgetlm.compare.run.experiment import load_experiment
+from budgetlm.compare.run.experiment_file import load_experiment
 from budgetlm.train.checkpoint import complete_checkpoints
 
 from ..html_check import check_html
 
 ROOT = Path(__file__).resolve().parents[3]
+PAUSE_HOOK = Path(__file__).resolve().with_name("pause_hook")
 SMALL_GPT = {
     "model": {
         "preset": "gpt-tiny",
@@ -121,6 +122,7 @@ def judged(out: Path) -> dict[str, list[Path]]:
     }
 
 
+@pytest.mark.slow
 def test_the_protocol_tuned_the_baseline_apart_from_its_judged_seeds(finished_grid):
     exp = load_experiment(finished_grid.parent / "grid.yaml")
     t = tuning(exp, exp.arm("baseline"), "100steps", finished_grid)
@@ -143,6 +145,7 @@ def test_the_protocol_tuned_the_baseline_apart_from_its_judged_seeds(finished_gr
         assert splits["tune"]["n_documents"] >= 4 and splits["test"]["n_documents"] >= 4
 
 
+@pytest.mark.slow
 def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
     finals = {
         arm: [json.loads((run / "summary.json").read_text())["final_val_loss"] for run in runs]
@@ -172,12 +175,14 @@ def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
         }
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_grid_runs_nothing(finished_grid, capsys):
     exp = finished_grid.parent / "grid.yaml"
     assert main(["compare", str(exp), "--out", str(finished_grid), "--quiet"]) == 0
     assert "0 run now, 7 already finished" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(finished_grid, tmp_path):
     from ..browser import need_browser, png_pixels, render
 
@@ -191,6 +196,7 @@ def test_report_renders_in_headless_chromium(finished_grid, tmp_path):
     assert len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])[::97]}) > 5
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_reported_and_the_others_complete(tmp_path):
     arms = [
         {"name": "baseline"},
@@ -234,6 +240,7 @@ def _unlocked(path: Path) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_killed_grid_finishes_only_missing_cells_with_the_same_report(tmp_path, finished_grid):
     exp = experiment(tmp_path, TWO_ARMS, finetune=FINETUNE, tuning=TUNING)
     out = tmp_path / "out"
@@ -251,15 +258,25 @@ def test_killed_grid_finishes_only_missing_cells_with_the_same_report(tmp_path, 
         "1",
         "--quiet",
     ]
-    grid = subprocess.Popen(
-        cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     # The first two cells to run: the baseline's first grid, on its tuning seed.
     first, second = (out / "cells" / c.id for c in load_experiment(exp).tuning_cells()[:2])
-    deadline = time.monotonic() + 120
-    while not complete_checkpoints(second / "checkpoints"):
+    # The second cell pauses after its first checkpoint until the grid is gone (pause_hook/):
+    # killing the grid is then no race with the cell finishing, however busy the machine.
+    paused = tmp_path / "paused"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(PAUSE_HOOK), os.environ.get("PYTHONPATH")])
+        ),
+        "BUDGETLM_TEST_PAUSE_AT": str(second / "checkpoints"),
+        "BUDGETLM_TEST_PAUSE_MARKER": str(paused),
+    }
+    grid = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900  # a hang guard, not a speed test
+    while not paused.exists():
         assert time.monotonic() < deadline and grid.poll() is None, "grid ended before the kill"
-        time.sleep(0.02)
+        time.sleep(0.05)
+    assert complete_checkpoints(second / "checkpoints")
     grid.send_signal(signal.SIGKILL)  # no clean-up: the cell notices its parent is gone
     grid.wait()
     while not _unlocked(second / ".lock"):
@@ -276,3 +293,25 @@ def test_killed_grid_finishes_only_missing_cells_with_the_same_report(tmp_path, 
     attempts = json.loads((second / "meta.json").read_text())["attempts"]
     assert len(attempts) == 2 and attempts[1]["resumed_from"]  # resumed from its checkpoint
     assert summary_table(out) == summary_table(finished_grid)
+
+
+def test_a_cell_killed_before_its_first_checkpoint_starts_over_with_its_files_kept(tmp_path):
+    # A cell's process killed outright (out of memory) after its step-0 evaluation but before
+    # a checkpoint: nothing to resume. A run by hand would be refused (--restart); the grid
+    # owns the folder, so the cell starts over and the old files move to previous/.
+    from budgetlm.compare.run import cell
+    from budgetlm.config import dump_yaml
+
+    from ...train.helpers import tiny_config
+
+    cell_dir = tmp_path / "cells" / "a"
+    cell_dir.mkdir(parents=True)
+    cfg = tiny_config("gpt", cell_dir, "budget=2steps")
+    (cell_dir / cell.CELL_CONFIG).write_text(dump_yaml(cfg))
+    killed = '{"event": "eval", "step": 0, "p": 0.0, "val_loss": 7.6}\n'
+    (cell_dir / "metrics.jsonl").write_text(killed)
+    (cell_dir / "checkpoints" / "step_000001").mkdir(parents=True)  # no manifest: incomplete
+    assert cell.run_cell(cell_dir) == 0
+    assert json.loads((cell_dir / "summary.json").read_text())["status"] == "finished"
+    (moved,) = (cell_dir / "previous").iterdir()
+    assert (moved / "metrics.jsonl").read_text() == killed

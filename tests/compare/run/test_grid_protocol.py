@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from budgetlm.compare.run.experiment import Cell, load_experiment
+from budgetlm.compare.run.experiment import Cell
+from budgetlm.compare.run.experiment_file import load_experiment
 from budgetlm.compare.run.grid import GridRunner, _Running
 
 ROOT = Path(__file__).resolve().parents[3]
