@@ -85,6 +85,13 @@ class Method:
 
     name: str = "method"
 
+    @classmethod
+    def shapes_used(cls, options: Any, shape: Any) -> list[Any]:
+        """Every model shape (`budgetlm.models.ModelShape`) a run of this method trains, given
+        its options and the configured `shape`: what an RST table must price before the run
+        starts. The configured shape unless the method changes it (staged growth)."""
+        return [shape]
+
     def on_start(self, state: MethodState) -> None:
         pass
 

@@ -29,7 +29,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="discard cells whose config no longer matches the experiment, and rerun them",
     )
-    p.add_argument("--dry-run", action="store_true", help="list the cells; run nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the RST table covers every shape the arms train, list the cells; run nothing",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
 
@@ -41,10 +45,13 @@ def default_out(name: str) -> Path:
 def cmd_compare(args: argparse.Namespace) -> int:
     from budgetlm.compare.run.experiment_file import load_experiment
     from budgetlm.compare.run.grid import GridRunner
+    from budgetlm.compare.run.shapes import check_rst_coverage
 
     exp = load_experiment(args.experiment)
     out = Path(args.out) if args.out else default_out(exp.name)
     if args.dry_run:
+        # What a real run refuses before its first cell, the dry run refuses too.
+        check_rst_coverage(exp, progress=not args.quiet)
         _print_plan(exp)
         return 0
     runner = GridRunner(

@@ -11,7 +11,7 @@ def register(subparsers: Any) -> None:
         "shapes",
         help="table of model presets with parameters and FLOPs/token",
         description="Model shape presets. Scale Efficiently variants are parsed "
-        "from names, e.g. t5-se-small-nl16, t5-se-base-dm1024.",
+        "from names, e.g. t5-v1_0-se-small-nl16, t5-v1_0-se-base-dm1024 (aliases: t5-se-...).",
     )
     p.add_argument("names", nargs="*", help="presets or variants to show (default: all presets)")
     p.set_defaults(func=cmd_shapes)

@@ -13,6 +13,19 @@ What does not map, and is refused with the reason:
   biases); `BertForMaskedLM` is post-LayerNorm with token types. No weight copy reproduces it.
 - GPT with rotary or sinusoidal positions, gated activations, RMSNorm or untied embeddings; T5
   with tied embeddings (v1.0 style: transformers would rescale differently) or other positions.
+
+Special ids come from the run's own tokenizer, never from transformers' defaults (GPT2Config's
+are 50256, the real GPT-2 vocabulary's ``<|endoftext|>``; budgetlm's byte-level BPE has it at 0):
+- GPT: bos = eos = the token that ends every training document (``<|endoftext|>``), so
+  ``generate()`` stops where the model learnt documents end; pad is the tokenizer's (byte-level
+  BPE has none), and the generation config pads with eos where there is none (what GPT-2 users
+  set by hand).
+- T5: pad and eos the tokenizer's, and the decoder start is pad (as the span-corruption
+  batches have it).
+They are written to config.json and generation_config.json, and with the tokenizer a
+tokenizer_config.json names the same tokens, so ``AutoTokenizer`` agrees with the model.
+Without a tokenizer a GPT gets no bos/eos (unknown: generation runs to max length) and a T5 the
+T5 ids pad 0, eos 1 that budgetlm's unigram tokenizer always has.
 """
 
 from __future__ import annotations
@@ -33,6 +46,34 @@ class ExportError(UserError, ValueError):
 def _require(condition: bool, what: str) -> None:
     if not condition:
         raise ExportError(what)
+
+
+def special_ids(family: str, vocab_size: int, tokenizer: Any = None) -> dict[str, int | None]:
+    """The special token ids an exported model's config and generation config carry.
+
+    Keys: bos_token_id, eos_token_id, pad_token_id, and decoder_start_token_id for T5.
+    """
+    if tokenizer is not None and tokenizer.vocab_size > vocab_size:
+        raise ExportError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model only {vocab_size} "
+            "logits: not the run's tokenizer?"
+        )
+    if family == "gpt":
+        if tokenizer is None:
+            return {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+        # The id that ends every training document is where generation should stop.
+        eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.doc_separator_id
+        return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": tokenizer.pad_id}
+    if tokenizer is None:
+        pad, eos = 0, 1  # T5's, and budgetlm's unigram tokenizer's
+    else:
+        eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.doc_separator_id
+        pad = tokenizer.pad_id
+        _require(
+            pad is not None, f"T5 needs a pad token (its decoder start); {tokenizer!r} has none"
+        )
+    return {"bos_token_id": None, "eos_token_id": eos, "pad_token_id": pad,
+            "decoder_start_token_id": pad}  # fmt: skip
 
 
 def gpt2_state(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -101,9 +142,6 @@ def t5_state(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
         "feed_forward_proj": "gated-gelu" if gated else "relu",
         "tie_word_embeddings": False,
         "is_encoder_decoder": True,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
     }
     sd = {
         "shared.weight": model.tok_emb.weight,
@@ -160,18 +198,24 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any = None) -> P
     family = model.shape.family
     if family == "gpt":
         config_kwargs, state = gpt2_state(model)
-        config, cls = transformers.GPT2Config(**config_kwargs), transformers.GPT2LMHeadModel
+        cls = transformers.GPT2LMHeadModel
     elif family == "t5":
         config_kwargs, state = t5_state(model)
-        config, cls = (
-            transformers.T5Config(**config_kwargs),
-            transformers.T5ForConditionalGeneration,
-        )
+        cls = transformers.T5ForConditionalGeneration
     else:
         raise ExportError(
             "budgetlm's BERT (cramming recipe: pre-LayerNorm blocks, no token types) has no "
             "faithful transformers counterpart: BertForMaskedLM is post-LayerNorm"
         )
+    ids = special_ids(family, model.shape.vocab_size, tokenizer)
+    config_kwargs.update(ids)
+    config = (transformers.GPT2Config if family == "gpt" else transformers.T5Config)(
+        **config_kwargs
+    )
+    generation = {k: v for k, v in ids.items() if v is not None}
+    if ids["pad_token_id"] is None and ids["eos_token_id"] is not None:
+        generation["pad_token_id"] = ids["eos_token_id"]  # batched generate() pads with eos
+    generation = transformers.GenerationConfig(**generation)
     # Written directly rather than through a transformers model object: T5 in transformers 5
     # ties lm_head to the embeddings at construction, which would overwrite one with the other.
     # On loading, differing checkpoint tensors stay untied.
@@ -186,11 +230,34 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer: Any = None) -> P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
+    generation.save_pretrained(out)
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.hf.save(str(out / "tokenizer.json"))
+        _write_tokenizer_config(out, tokenizer, ids, seq_len=model.shape.seq_len)
     return out
+
+
+def _write_tokenizer_config(out: Path, tokenizer: Any, ids: dict[str, int | None], seq_len: int):
+    """tokenizer_config.json naming the special tokens by the ids the model config has, so
+    that `AutoTokenizer.from_pretrained(out)` reads tokenizer.json as it is (no class defaults
+    such as T5's extra ids being added) and reports the same eos and pad."""
+    import json
+
+    names = {
+        key.removesuffix("_id"): tokenizer.hf.id_to_token(ids[key])
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+        if ids.get(key) is not None
+    }
+    if tokenizer.unk_id is not None:
+        names["unk_token"] = tokenizer.hf.id_to_token(tokenizer.unk_id)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": seq_len,
+        **names,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 # Buffers transformers computes itself (GPT-2's causal mask in older versions).

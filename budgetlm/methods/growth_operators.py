@@ -173,10 +173,17 @@ def _model_device(model: nn.Module) -> torch.device:
 def _rebuild(
     shape: ModelShape, state_dict: Mapping[str, torch.Tensor], like: nn.Module
 ) -> nn.Module:
-    """A model of `shape` holding `state_dict`, built on the meta device: initialising it would
-    draw from the global torch RNG and shift every later random number of the run."""
+    """A model of `shape` holding `state_dict`, on `like`'s device, every tensor in the dtype
+    the grown state has (the source model's: a float64 or bf16 model stays one, so its
+    transformed optimizer state still matches it). Built on the meta device: initialising it
+    would draw from the global torch RNG and shift every later random number of the run."""
     with torch.device("meta"):
         model = build_model(shape)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, t in tensors:
+        source = state_dict.get(name)
+        if source is not None and source.dtype != t.dtype:
+            t.data = t.data.to(source.dtype)
     model = model.to_empty(device=_model_device(like))
     model.load_state_dict(state_dict)
     return model.train(like.training)
@@ -342,6 +349,17 @@ def grow_depth(
     return Grown(new_model, moments, new_model.shape)
 
 
+def grown_shape(shape: ModelShape, op: str, factor: int = 2) -> ModelShape:
+    """The shape `grow(model, ..., op, factor=factor)` returns for a model of `shape`, without
+    building anything (depth mode and variant do not change it)."""
+    check_factor(factor)
+    if op == "width":
+        return widen_shape(shape, factor)
+    if op == "depth":
+        return deepen_shape(shape, factor)
+    raise ValueError(f"unknown growth operator {op!r}; choose one of {OPERATORS}")
+
+
 def grow(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -371,6 +389,7 @@ __all__ = [
     "grow",
     "grow_depth",
     "grow_width",
+    "grown_shape",
     "load_named_optimizer_state",
     "moment_order",
     "named_optimizer_state",

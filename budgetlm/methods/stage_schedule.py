@@ -7,9 +7,24 @@ where the smoothed slope rises above a threshold *after* having reached its mini
 start of a curve, before the loss moves, never triggers it). Thresholds: width -0.0475, depth
 -0.0575; -0.052 marks the point to stop training the final stage.
 
+Relative thresholds (`relative=True`, the default of method=staged). The paper's thresholds are
+slopes on its scale (GPT-2 models, billions of tokens). Under the Kaplan form along one run,
+L = L_inf + B·S^-alpha_S, the slope is d log L / d log C = -alpha_S · (L - L_inf) / L: it starts
+near -alpha_S while the loss is far from its floor and tends to 0 as the model saturates. So a
+threshold is a fraction of the curve's steepest slope: -0.0475 / -0.76 = 6.25% (width),
+-0.0575 / -0.76 = 7.57% (depth), i.e. "grow when the loss is within about 6-8% of what this
+model can reach". A small run's curve is steeper or shallower than the paper's (other data,
+vocabulary, schedule, far fewer tokens), so the same absolute number means something else there;
+the fraction does not. Relative mode reads each threshold as that fraction of the curve's own
+steepest smoothed slope so far (the running minimum the rule already tracks): it fires when the
+smoothed slope rises above (threshold / -alpha_S) × minimum. On a curve whose steepest slope is
+Kaplan's -alpha_S the two modes agree; scaling every slope of a curve by k (log L -> k·log L)
+leaves the relative decision unchanged (tested).
+
 Per-step training losses are far too noisy for finite differences in log-log space (consecutive
 steps differ by a tiny dlog C), so curves are first averaged into bins (`bin_curve`, log-spaced in
-compute) or, in a running run, into points every few percent of the budget (method=staged).
+compute) or, in a running run, into points log-spaced in progress (method=staged: a point each
+time the budget spent grows by 2^(1/slope_points)).
 
 Scaling law (Kaplan et al. 2020):   L(N, S) = (N_c / N)^alpha_N + (S_c / S)^alpha_S
 with N the non-embedding parameters and S the amount of training (steps in Kaplan; here the
@@ -35,6 +50,12 @@ THRESHOLDS = {"width": -0.0475, "depth": -0.0575, "stop": -0.052}
 WINDOW = 5
 # Kaplan et al. (2020), eq. 1.6: the published constants, for reference and as a sanity check.
 KAPLAN_2020 = {"n_c": 8.8e13, "alpha_n": 0.076, "s_c": 2.1e3, "alpha_s": 0.76}
+
+
+def relative_fraction(threshold: float) -> float:
+    """The fraction of a curve's steepest slope that a paper threshold stands for:
+    threshold / -alpha_S (width 0.0625, depth 0.0757, stop 0.0684); see the module doc."""
+    return threshold / -KAPLAN_2020["alpha_s"]
 
 
 # -- loss curves --------------------------------------------------------------------------------
@@ -98,25 +119,37 @@ def smoothed_slopes(
     return np.convolve(slopes, np.ones(window) / window, mode="valid")
 
 
-def rule_index(smoothed: Sequence[float], threshold: float) -> int | None:
-    """First index at which the smoothed slope is above `threshold` after its running minimum,
-    the minimum itself being below the threshold; None if that has not happened yet."""
+def rule_bar(lowest: float, threshold: float, relative: bool = False) -> float:
+    """The slope the rule must rise above, given the running minimum `lowest` of the smoothed
+    slope: `threshold` itself, or (relative) its fraction of `lowest`."""
+    return relative_fraction(threshold) * lowest if relative else threshold
+
+
+def rule_index(smoothed: Sequence[float], threshold: float, relative: bool = False) -> int | None:
+    """First index at which the smoothed slope is above the bar (`rule_bar`: `threshold`, or
+    with `relative` its fraction of the running minimum) after its running minimum, the minimum
+    itself being below the bar; None if that has not happened yet. A relative bar needs a
+    falling curve (minimum < 0): a flat or rising one never fires."""
     lowest = math.inf
     for i, value in enumerate(smoothed):
         if value < lowest:
             lowest = value
             continue
-        if lowest < threshold < value:
+        if lowest < rule_bar(lowest, threshold, relative) < value:
             return i
     return None
 
 
 def grow_index(
-    compute: Sequence[float], loss: Sequence[float], threshold: float, window: int = WINDOW
+    compute: Sequence[float],
+    loss: Sequence[float],
+    threshold: float,
+    window: int = WINDOW,
+    relative: bool = False,
 ) -> int | None:
     """Index of the curve point at which growth is due (see `rule_index`), or None."""
     smooth = smoothed_slopes(compute, loss, window) if len(compute) > window else np.empty(0)
-    i = rule_index(smooth, threshold)
+    i = rule_index(smooth, threshold, relative)
     return None if i is None else i + window  # smooth[i] ends at point i + window
 
 

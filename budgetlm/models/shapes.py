@@ -119,17 +119,25 @@ _T5_COMMON = dict(
     target_len=114,
 )
 
-# Scale Efficiently (Tay et al. 2022), Table 1: layers (enc = dec), d_ff, d_model, d_kv, heads,
-# and the parameter count the paper reports.
+# Scale Efficiently (Tay et al. 2022): layers (enc = dec), d_ff, d_model, d_kv, heads, and the
+# parameter count the paper's table reports. The shapes are those of Google's released
+# checkpoints, google/t5-efficient-{size} (their config.json files): T5 v1.0 style (ReLU FFN,
+# tied embeddings, vocab 32128). The paper's table prints d_kv 32 for Tiny, Mini and Small, but
+# its own parameter counts (16/31/60M) and the released configs have d_kv 64 (with 32 the models
+# are 14.0/26.5/51.1M); d_kv 32 is the separately released "-kv32" one-knob variant
+# (t5-v1_0-se-small-kv32 here).
 _SE_SIZES = {
-    "tiny": (4, 1024, 256, 32, 4, "16M"),
-    "mini": (4, 1536, 384, 32, 8, "31M"),
-    "small": (6, 2048, 512, 32, 8, "60M"),
+    "tiny": (4, 1024, 256, 64, 4, "16M"),
+    "mini": (4, 1536, 384, 64, 8, "31M"),
+    "small": (6, 2048, 512, 64, 8, "60M"),
     "base": (12, 3072, 768, 64, 12, "220M"),
     "large": (24, 4096, 1024, 64, 16, "738M"),
     "xl": (24, 16384, 1024, 128, 32, "3B"),
     "xxl": (24, 65536, 1024, 128, 128, "11B"),
 }
+# Every T5 preset says in its name which T5 it is: v1.0 (ReLU FFN, tied embeddings; the Scale
+# Efficiently checkpoints) or v1.1 (gated-GELU FFN, untied head; nanoT5).
+SE_PREFIX = "t5-v1_0-se-"
 
 PRESETS: dict[str, ModelShape] = {
     "gpt-tiny": ModelShape(family="gpt", n_layers=4, d_ff=512, activation="gelu", **_TINY),
@@ -142,7 +150,7 @@ PRESETS: dict[str, ModelShape] = {
         positions="sinusoidal",
         **_TINY,
     ),
-    "t5-tiny": ModelShape(
+    "t5-v1_1-tiny": ModelShape(
         family="t5",
         n_layers=2,
         n_decoder_layers=2,
@@ -204,7 +212,7 @@ PRESETS: dict[str, ModelShape] = {
     ),
 }
 for _size, (_layers, _ff, _dm, _kv, _heads, _) in _SE_SIZES.items():
-    PRESETS[f"t5-se-{_size}"] = ModelShape(
+    PRESETS[f"{SE_PREFIX}{_size}"] = ModelShape(
         n_layers=_layers,
         n_decoder_layers=_layers,
         d_model=_dm,
@@ -216,11 +224,18 @@ for _size, (_layers, _ff, _dm, _kv, _heads, _) in _SE_SIZES.items():
         **_T5_COMMON,
     )
 
-# Our count_params for each size (a test keeps these in sync).
+# Names the presets had before the T5 version was part of them; still accepted (not listed).
+PRESET_ALIASES: dict[str, str] = {
+    "t5-tiny": "t5-v1_1-tiny",
+    **{f"t5-se-{size}": f"{SE_PREFIX}{size}" for size in _SE_SIZES},
+}
+
+# Our count_params for each size (a test keeps these in sync; they equal the parameter counts of
+# transformers' T5ForConditionalGeneration built from the released configs).
 _SE_OURS = {
-    "tiny": "14.0M",
-    "mini": "26.5M",
-    "small": "51.1M",
+    "tiny": "15.6M",
+    "mini": "31.2M",
+    "small": "60.5M",
     "base": "222.9M",
     "large": "737.7M",
     "xl": "2851.6M",
@@ -230,29 +245,32 @@ PRESET_DOCS: dict[str, str] = {
     "gpt-tiny": "~1.3M-param GPT for CPU tests and demos: pre-LN, GELU, learned positions, tied.",
     "bert-tiny": "~1.6M-param BERT for CPU tests: cramming-style (gated-GELU, no biases, "
     "sinusoidal positions, tied).",
-    "t5-tiny": "~2M-param T5 v1.1-style model for CPU tests: gated-GELU, RMSNorm, relative "
-    "position bias, no biases, untied head (half its params are the two embedding tables).",
+    "t5-v1_1-tiny": "~2M-param T5 v1.1-style model for CPU tests (formerly t5-tiny, still "
+    "accepted): gated-GELU, RMSNorm, relative position bias, no biases, untied head (half its "
+    "params are the two embedding tables).",
     "gpt2-small": "GPT-2 small (124M): 12 layers, d 768, learned positions, tied, biases.",
     "gpt2-medium": "GPT-2 medium (355M): 24 layers, d 1024, 16 heads.",
     "bert-cramming": "Cramming BERT (Geiping & Goldstein 2022): 16 layers, d 768, gated-GELU FFN "
     "(cramming's intermediate_size 3072 = two GLU halves of 1536), no biases, pre-LN, "
     "sinusoidal positions, tied, vocab 32768, seq 128; ~120M params.",
-    "t5-v1_1-base": "T5 v1.1 base as in nanoT5: 12+12 layers, d 768, gated-GELU d_ff 2048, "
+    "t5-v1_1-base": "T5 v1.1 base as in nanoT5 (gated-GELU, unlike the T5 v1.0 Scale Efficiently "
+    "presets t5-v1_0-se-*): 12+12 layers, d 768, gated-GELU d_ff 2048, "
     "RMSNorm, relative bias, no biases, UNTIED head, 512 -> 114; ~248M params.",
 }
 for _size, (*_, _paper) in _SE_SIZES.items():
-    PRESET_DOCS[f"t5-se-{_size}"] = (
-        f"Scale Efficiently T5 {_size.capitalize()} (Tay et al. 2022). ReLU FFN (T5 v1.0 style, "
-        "like the released checkpoints) - unlike t5-v1_1-base, which is gated-GELU. Tied "
-        "embeddings, RMSNorm, relative bias, no biases, 512 -> 114. "
+    PRESET_DOCS[f"{SE_PREFIX}{_size}"] = (
+        f"Scale Efficiently T5 {_size.capitalize()} (Tay et al. 2022), T5 v1.0: ReLU FFN and "
+        "tied embeddings, as google/t5-efficient-" + _size + "'s released config - unlike "
+        "t5-v1_1-base, which is T5 v1.1 (gated-GELU, untied). RMSNorm, relative bias, no biases, "
+        f"512 -> 114 (formerly t5-se-{_size}, still accepted). "
         f"Params: paper {_paper}, ours {_SE_OURS[_size]} = every parameter of the built model "
-        "(the tied token embedding once, both relative-bias tables, all norms). We take the "
-        "paper's heads x d_kv literally; for Tiny/Mini/Small that is below d_model, and the "
-        "paper's own figures for those sizes are higher than ours. "
-        "Knob suffixes chain: -nl16 (both depths), -el8, -dl8, -dm1024, -ff4096, -kv64, -nh16."
+        "(the tied token embedding once, both relative-bias tables, all norms), the same as "
+        "transformers counts for the released config. "
+        "Knob suffixes chain: -nl16 (both depths), -el8, -dl8, -dm1024, -ff4096, -kv32, -nh16."
     )
 
-# One-knob variants, e.g. "t5-se-small-nl16" or "t5-se-base-el24-dl6". Any preset accepts them.
+# One-knob variants, e.g. "t5-v1_0-se-small-nl16" (the paper's Small-DeepNarrow) or
+# "t5-v1_0-se-small-kv32" (released as t5-efficient-small-kv32). Any preset accepts them.
 _KNOBS = {
     "nl": ("n_layers", "n_decoder_layers"),  # both depths (just n_layers for gpt/bert)
     "el": ("n_layers",),
@@ -266,7 +284,8 @@ _KNOB_RE = re.compile(r"-(nl|el|dl|dm|ff|kv|nh)(\d+)")
 
 
 def list_presets() -> list[str]:
-    """Base preset names (knob variants such as `t5-se-small-nl16` are not listed)."""
+    """Base preset names (knob variants such as `t5-v1_0-se-small-nl16` and the old names in
+    PRESET_ALIASES are not listed)."""
     return list(PRESETS)
 
 
@@ -290,15 +309,18 @@ def _suggest(word: str, options: list[str]) -> str:
 def _parse_name(name: str) -> ModelShape:
     if name in PRESETS:
         return PRESETS[name]
+    if name in PRESET_ALIASES:
+        return PRESETS[PRESET_ALIASES[name]]
     # Longest base name that prefixes `name`, followed only by knob suffixes.
-    bases = sorted((b for b in PRESETS if name.startswith(b + "-")), key=len, reverse=True)
+    known = [*PRESETS, *PRESET_ALIASES]
+    bases = sorted((b for b in known if name.startswith(b + "-")), key=len, reverse=True)
     for base in bases:
         rest = name[len(base) :]
         knobs = _KNOB_RE.findall(rest)
         if "".join(f"-{k}{v}" for k, v in knobs) != rest:
             continue
-        return _apply_knobs(name, PRESETS[base], knobs)
-    examples = list_presets() + ["t5-se-small-nl16", "t5-se-base-el24-dl6"]
+        return _apply_knobs(name, PRESETS[PRESET_ALIASES.get(base, base)], knobs)
+    examples = [*list_presets(), *PRESET_ALIASES, f"{SE_PREFIX}small-nl16"]
     raise ValueError(f"unknown model preset {name!r}{_suggest(name, examples)}")
 
 

@@ -4,10 +4,18 @@ The table named by `rst.table` (default: the shipped CPU reference) is loaded an
 run, whatever the budget's unit: a broken or tampered table is refused (exit 2) even when it only
 feeds the RST column of a steps budget. `rst.verify=probe` also times a few of its passes here
 (docs/rst.md, "What the checks catch").
+
+Every shape the run will train is priced before it starts (`run_shapes`: the configured shape
+and what its methods grow it into, `Method.shapes_used`), never only the first: a growth target
+the table does not cover would otherwise fail the run in its middle, or be priced silently by
+FLOPs. Under an RST budget an uncovered shape is refused with the calibrate command that measures
+it, unless `rst.fallback=flops` (then the estimate is a recorded warning from the start); under
+any other budget the run simply does not log RST.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -24,11 +32,16 @@ def rst_pricing(
     shape: ModelShape,
     warnings: list[str],
     measure: Measure | None = None,
+    configured: ModelShape | None = None,
 ) -> tuple[CostTable | None, Any]:
     """The RST cost function of this run: required for RST budgets, logged when covered.
 
-    The table itself must load and pass its checks for any budget unit. `measure` replaces the
-    probe's timing (tests plant figures with it).
+    The table itself must load and pass its checks for any budget unit. `shape` is the shape the
+    run starts at now (a run resumed after a growth: the grown one), `configured` the config's
+    shape fitted to the data (default: the config's preset and knobs with `shape`'s vocabulary
+    and target length, which no growth changes). The shapes priced are `shape` and those the run
+    has still to grow into (`run_shapes`). `measure` replaces the probe's timing (tests plant
+    figures with it).
     """
     try:
         table = CostTable.load(cfg.rst.table, tolerance=cfg.rst.tolerance)
@@ -43,14 +56,67 @@ def rst_pricing(
             print(f"warning: {message}", file=sys.stderr)
 
     cost = table.cost_function(cfg.optim.name, fallback=cfg.rst.fallback, on_warning=record)
-    probe = Work(passes=(forward_pass(shape, 1, None),), tokens=0, optimizer=cfg.optim.name)
-    try:
-        cost(probe)
-    except TableError as e:
-        if budget.unit == "rst":
-            raise ConfigError(str(e)) from e
-        return table, None  # not covered: RST is simply not logged for this run
+    start = configured if configured is not None else configured_shape(cfg, shape)
+    shapes = run_shapes(cfg, start)
+    # Resumed after a growth: what is left from here; a shape grown otherwise (`budgetlm
+    # grow`): that shape and what the methods grow it into.
+    shapes = shapes[shapes.index(shape) :] if shape in shapes else run_shapes(cfg, shape)
+    for used in shapes:
+        probe = Work(passes=(forward_pass(used, 1, None),), tokens=0, optimizer=cfg.optim.name)
+        try:
+            cost(probe)
+        except TableError as e:
+            if budget.unit != "rst":
+                return table, None  # not covered: RST is simply not logged for this run
+            if used == shape:
+                raise ConfigError(str(e)) from e
+            raise ConfigError(_growth_not_covered(cfg, start, used, str(e))) from e
     return table, cost
+
+
+def run_shapes(cfg: Config, configured: ModelShape) -> list[ModelShape]:
+    """Every model shape a run of `cfg` trains, from its configured shape (fitted to the data):
+    that shape, then what each method adds (`Method.shapes_used`: staged growth's targets),
+    each shape once, in order."""
+    from budgetlm.config import build_dataclass
+    from budgetlm.registry import method_class, parse_method_spec
+
+    shapes = [configured]
+    try:
+        for name in parse_method_spec(cfg.method):
+            cls = method_class(name)
+            raw = dict(cfg.methods.get(name, {}))
+            options = build_dataclass(cls.Options, raw, f"methods.{name}.")
+            shapes += [s for s in cls.shapes_used(options, configured) if s not in shapes]
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return shapes
+
+
+def configured_shape(cfg: Config, shape: ModelShape) -> ModelShape:
+    """The config's shape fitted to the data as `shape` was (run_data.py fits the vocabulary
+    and T5's target length, which growth never changes)."""
+    from budgetlm.config import model_overrides
+    from budgetlm.models import get_shape
+
+    base = get_shape(cfg.model.preset, **model_overrides(cfg.model))
+    return dataclasses.replace(base, vocab_size=shape.vocab_size, target_len=shape.target_len)
+
+
+def _growth_not_covered(cfg: Config, start: ModelShape, target: ModelShape, why: str) -> str:
+    """The refusal of a growth target the table does not price, with the command measuring it."""
+    changed = [
+        f"model.{f.name}={getattr(target, f.name)}"
+        for f in dataclasses.fields(target)
+        if getattr(target, f.name) != getattr(start, f.name)
+    ]
+    return (
+        f"refused before the run starts: method={cfg.method} grows the model into a shape "
+        f"that the RST budget must price: {why}. The grown shape is the run's config with "
+        f"{' '.join(changed)}: measure it with `budgetlm calibrate CONFIG --set "
+        f"{' '.join(changed)} --out TABLE.json` (TABLE.json is extended if it exists; measure "
+        "the starting shape into it too)"
+    )
 
 
 def verify_by_probe(table: CostTable, shape: ModelShape, measure: Measure | None = None) -> None:

@@ -38,11 +38,13 @@ def plant_cell(
     train_loss: float | None = None,
     epochs: float = 0.1,
     device: dict | None = None,
+    shapes: tuple | None = None,
 ) -> Path:
     """A finished cell with final held-out `loss` (or a failed one with `error`).
 
     Its metrics log has training records every 5 steps, the last one at `train_loss` (default:
-    `loss` - 0.1); summary.json says the run made `epochs` passes; meta.json records `device`.
+    `loss` - 0.1); summary.json says the run made `epochs` passes; meta.json records `device`;
+    `shapes` (start, end ModelShape) writes the shape.json a finished cell writes.
     """
     run_dir = out / "cells" / cell.id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,17 @@ def plant_cell(
     }
     meta = {"attempts": [{"budgetlm": "test", "git": {"revision": "abc"}, "device": device}]}
     (run_dir / "meta.json").write_text(json.dumps(meta))
+    if shapes is not None:
+        plant_shapes(run_dir, *shapes)
     return run_dir
+
+
+def plant_shapes(run_dir: Path, start, end=None) -> None:
+    """shape.json as a finished cell writes it: the shapes it started and ended with."""
+    from budgetlm.compare.run.shapes import SHAPE_FILE, shape_facts
+
+    record = {"start": shape_facts(start), "end": shape_facts(end or start)}
+    (run_dir / SHAPE_FILE).write_text(json.dumps(record))
 
 
 # A grid of four arms x four seeds at one budget: "good" is clearly better than the baseline,

@@ -228,3 +228,53 @@ def test_every_optimizers_state_is_transformed_and_keeps_training(name):
     grown.model(batch).loss.backward()
     optimizer.step()
     assert all(torch.isfinite(p).all() for p in grown.model.parameters())
+
+
+def _adamw(model):
+    return build_optimizer("adamw", model, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_growth_keeps_the_models_dtype_and_the_next_step_runs(dtype):
+    """A float64 (or bf16) model grows into one of the same dtype and device, whose optimizer
+    state (transformed from the source's) matches it: the next step runs. Width and identity
+    depth growth preserve the loss to the dtype's precision: for float64 the logits to 1e-12 and
+    the loss, computed in float64 from them, too (the model's own loss is taken in float32)."""
+    model = tiny_model("gpt").to(dtype)
+    batch = tiny_batch(model)
+    opt = _adamw(model)
+    model(batch).loss.backward()
+    opt.step()
+    model.zero_grad()
+    model.eval()
+
+    def loss_and_logits(m):
+        logits = m(batch, return_logits=True).logits.detach()
+        flat = logits.flatten(0, 1).double()  # as sequence_loss, but in float64
+        return float(torch.nn.functional.cross_entropy(flat, batch["labels"].flatten())), logits
+
+    before, logits_before = loss_and_logits(model)
+    grown = grow_depth(grow_width(model, opt).model, None)  # width, then depth on the result
+    wide = grow_width(model, opt)
+    deep = grow_depth(wide.model, build_grown_optimizer(wide, _adamw), variant="identity")
+    for g in (wide, deep, grown):
+        tensors = [
+            *g.model.parameters(),
+            *(t for s in g.optimizer_state.values() for t in s.values() if t.ndim > 0),
+        ]
+        assert {t.dtype for t in tensors} == {dtype}
+        assert {t.device for t in tensors} == {CPU}
+        g.model.eval()
+        after, logits = loss_and_logits(g.model)
+        assert logits.dtype == dtype
+        tol = 1e-12 if dtype == torch.float64 else 5e-2
+        assert abs(after - before) < tol, (dtype, before, after)
+        assert float((logits.double() - logits_before.double()).abs().max()) < tol * 10
+    # The next optimizer step runs on the grown model with its transformed state.
+    optimizer = build_grown_optimizer(deep, _adamw)
+    deep.model.train()
+    deep.model(batch).loss.backward()
+    optimizer.step()
+    assert all(p.dtype == dtype and torch.isfinite(p).all() for p in deep.model.parameters())
+    state = named_optimizer_state(deep.model, optimizer)
+    assert {s["exp_avg"].dtype for s in state.values()} == {dtype}

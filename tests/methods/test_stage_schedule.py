@@ -14,6 +14,7 @@ from budgetlm.methods.stage_schedule import (
     log_slopes,
     rank_shapes,
     read_loss_curve,
+    relative_fraction,
     rule_index,
     smoothed_slopes,
 )
@@ -166,15 +167,18 @@ def test_slope_command_on_a_real_run(tmp_path, capsys):
 
 
 def test_staged_growth_triggered_by_the_slope_rule_is_deterministic(tmp_path):
-    # A threshold a tiny run crosses early: the rule, not its default value, is under test.
+    # Absolute thresholds a tiny run's real (noisy) curve crosses early: the rule on a real
+    # curve, not its default values, is under test; no fallback, so only the rule can grow.
     args = [
         "budget=40steps",
         "method=staged",
         "methods.staged.grow=depth",
         "methods.staged.trigger=slope",
-        "methods.staged.slope_every=0.05",
+        "methods.staged.slope_points=4",
         "methods.staged.window=2",
+        "methods.staged.thresholds=absolute",
         "methods.staged.depth_threshold=-0.05",
+        "methods.staged.fallback=0",
         "train.eval_every=0",
         "train.checkpoint_every=0",
     ]
@@ -184,4 +188,41 @@ def test_staged_growth_triggered_by_the_slope_rule_is_deterministic(tmp_path):
     (method_b,) = b.state.methods
     assert method_a.done == 1 and method_a.history == method_b.history
     assert a.state.model.shape.n_layers == 4
-    assert 0 < method_a.history[0]["p"] < 1
+    assert 0.1 < method_a.history[0]["p"] < 1 and method_a.history[0]["trigger"] == "slope"
+
+
+def test_relative_thresholds_are_the_papers_fractions_of_the_steepest_slope():
+    assert relative_fraction(THRESHOLDS["width"]) == pytest.approx(0.0475 / 0.76)
+    assert relative_fraction(THRESHOLDS["depth"]) == pytest.approx(0.0757, abs=1e-4)
+    # On a curve whose steepest smoothed slope is Kaplan's -alpha_S both modes fire together.
+    slopes = np.concatenate([[-0.76] * 8, np.linspace(-0.76, -0.001, 120)])
+    c, loss = _curve(slopes)
+    for kind in ("width", "depth"):
+        absolute = grow_index(c, loss, THRESHOLDS[kind])
+        relative = grow_index(c, loss, THRESHOLDS[kind], relative=True)
+        assert absolute is not None and abs(relative - absolute) <= 1
+
+
+def test_relative_rule_is_scale_free_and_the_absolute_one_is_not():
+    """Scaling every slope of a curve by k (log L -> k·log L: a steeper or shallower run of
+    the same shape) moves the absolute decision but not the relative one."""
+    slopes = np.concatenate([[0.0] * 6, [-0.3] * 10, np.linspace(-0.3, -0.005, 150)])
+    decisions = {}
+    for k in (0.15, 1.0, 4.0):
+        c, loss = _curve(k * slopes)
+        decisions[k] = (
+            grow_index(c, loss, THRESHOLDS["depth"], relative=True),
+            grow_index(c, loss, THRESHOLDS["depth"]),
+        )
+    relative = {d[0] for d in decisions.values()}
+    assert len(relative) == 1 and None not in relative
+    (index,) = relative
+    smooth = smoothed_slopes(*_curve(slopes), 5)
+    # It fires where the smoothed slope has risen above 7.57% of its steepest value.
+    assert smooth[index - 5] > 0.0757 * smooth.min() >= smooth[index - 6]
+    absolute = [d[1] for d in decisions.values()]
+    assert absolute[0] is None  # shallow: never below the paper's slope, so never "after" it
+    assert absolute[1] != absolute[2]  # steep: crosses elsewhere
+    # A flat or rising curve never fires a relative rule.
+    c, loss = _curve(np.full(30, 0.01))
+    assert grow_index(c, loss, THRESHOLDS["depth"], relative=True) is None

@@ -16,6 +16,7 @@ from typing import Any
 
 from budgetlm.compare.run.cell import ERROR_FILE, FINETUNE_ERROR
 from budgetlm.compare.run.experiment import TEST_SPLIT, TUNE_SPLIT, Arm, Cell, Experiment
+from budgetlm.compare.run.shapes import SHAPE_FILE
 from budgetlm.finetune.store import read_results
 
 
@@ -31,6 +32,9 @@ class CellResult:
     downstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # suite -> scores
     # Loss of the last logged training step (metrics.jsonl): one batch, as the method saw it.
     train_loss: float | None = None
+    # shape.json: {"start": facts, "end": facts}, facts = label, params, params_non_embedding,
+    # train_flops_per_token, shape (compare/run/shapes.py); None for runs from before it.
+    shapes: dict[str, dict[str, Any]] | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -56,7 +60,7 @@ def read_cell(cell: Cell, out_dir: Path, with_curve: bool = True) -> CellResult:
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("status") == "finished":
-            meta_path = run_dir / "meta.json"
+            meta_path, shape_path = run_dir / "meta.json", run_dir / SHAPE_FILE
             finetune_error = run_dir / FINETUNE_ERROR
             records = _records(run_dir / "metrics.jsonl")
             train = [r["loss"] for r in records if r.get("event") == "train" and "loss" in r]
@@ -69,6 +73,7 @@ def read_cell(cell: Cell, out_dir: Path, with_curve: bool = True) -> CellResult:
                 train_loss=float(train[-1]) if train else None,
                 meta=json.loads(meta_path.read_text()) if meta_path.is_file() else None,
                 downstream=read_results(run_dir),
+                shapes=json.loads(shape_path.read_text()) if shape_path.is_file() else None,
                 # Trained, but its fine-tuning failed: the loss counts, the report says why.
                 error=json.loads(finetune_error.read_text()) if finetune_error.is_file() else None,
             )

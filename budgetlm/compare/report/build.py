@@ -109,6 +109,22 @@ class ArmResult:
         values = [c.summary["steps"] for c in self.finished]
         return sum(values) / len(values) if values else None
 
+    def shape_values(self, which: str, key: str) -> list[float]:
+        """Per finished run with a shape record (shape.json): `key` (params,
+        params_non_embedding, train_flops_per_token) of the shape it started or ended with
+        (`which`: "start" or "end")."""
+        return [c.shapes[which][key] for c in self.finished if c.shapes and which in c.shapes]
+
+    @property
+    def rst_per_step(self) -> float | None:
+        """Reference seconds per optimizer step: spent RST / steps, mean over finished runs."""
+        values = [
+            c.summary["spent"]["rst"] / c.summary["steps"]
+            for c in self.finished
+            if c.summary["spent"].get("rst") and c.summary.get("steps")
+        ]
+        return sum(values) / len(values) if values else None
+
     def spend(self, unit: str) -> dict[str, float]:
         """Mean spending per purpose in `unit`, plus work the budget did not charge."""
         totals: dict[str, float] = {}
@@ -217,6 +233,22 @@ class Report:
 
     def arm_result(self, budget: str, arm: str) -> ArmResult:
         return next(r for r in self.results[budget] if r.arm == arm)
+
+    @property
+    def shape_study(self) -> bool:
+        """The runs trained more than one model shape, or some run grew (shape.json): the
+        tables then show each arm's parameters, FLOPs per token and RST per step."""
+        starts = set()
+        for row in self.results.values():
+            for r in row:
+                for c in r.finished:
+                    if c.shapes is None:
+                        continue
+                    start, end = c.shapes["start"]["label"], c.shapes["end"]["label"]
+                    if start != end:
+                        return True
+                    starts.add(start)
+        return len(starts) > 1
 
     def in_ngram_regime(self, budget: str) -> bool:
         """The baseline's mean loss does not beat the bigram reference of this budget (the

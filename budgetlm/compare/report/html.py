@@ -12,10 +12,8 @@ from budgetlm.compare.report.tables import (
     DOWNSTREAM_VERDICT_COLUMN,
     FAILED_HEADER,
     REFERENCES_HEADER,
-    SAVED_COLUMN,
-    SUMMARY_HEADER,
+    SHAPE_HEADER,
     TUNING_HEADER,
-    VERDICT_COLUMN,
     control_failure,
     control_sentence,
     downstream_cells,
@@ -23,6 +21,7 @@ from budgetlm.compare.report.tables import (
     failed_cells,
     reference_cells,
     summary_cells,
+    summary_header,
     tuning_cells,
 )
 
@@ -55,6 +54,7 @@ td.same{color:#555}td.untested{color:#999}
 td.baseline{color:#555;font-style:italic}
 td.verdict{white-space:normal;min-width:4.5rem;width:7.5rem}
 td.wrap{white-space:normal;min-width:3.5rem;width:6rem}
+td.shape{white-space:normal;min-width:3.5rem}
 td.verdict .sub{font-weight:400}
 ul.verdicts{font-size:.88rem;color:#333;padding-left:1.2rem}ul.verdicts li{margin:.2rem 0}
 .warning{background:#fff4d6;border-left:4px solid #e0a800;padding:.4rem .7rem;font-weight:600}
@@ -201,15 +201,19 @@ def render_html(report: Report) -> str:
 def _budget_section(report: Report, budget: str, charts: Charts) -> list[str]:
     arms = report.results[budget]
     colors = charts.colors
+    header = summary_header(report)
+    verdict, saved = header.index("verdict"), header.index("compute saved")
     rows = [summary_cells(report, r) for r in arms]
-    classes = {
-        (i, VERDICT_COLUMN): _verdict_class(row[VERDICT_COLUMN]) for i, row in enumerate(rows)
-    }
-    classes.update({(i, SAVED_COLUMN): "wrap" for i in range(len(rows))})
+    classes = {(i, verdict): _verdict_class(row[verdict]) for i, row in enumerate(rows)}
+    classes.update({(i, saved): "wrap" for i in range(len(rows))})
+    if SHAPE_HEADER in header:  # a growing arm's start → end may wrap after the arrow
+        classes.update({(i, header.index(SHAPE_HEADER)): "shape" for i in range(len(rows))})
     parts = [f"<h2>Budget {_e(budget)}</h2>"]
     if (warning := notes.ngram_warning(report, budget)) is not None:
         parts.append(f'<p class="warning">{_e(warning)}</p>')
-    parts.append(_table(SUMMARY_HEADER, rows, classes, [colors[r.arm] for r in arms]))
+    parts.append(_table(header, rows, classes, [colors[r.arm] for r in arms]))
+    if report.shape_study and budget == report.exp.budgets[0]:
+        parts.append(f'<p class="note">{_e(notes.shape_note(report))}</p>')
     if lines := notes.verdict_lines(report, budget):
         items = "".join(f"<li><b>{_e(arm)}</b> — {_e(text)}</li>" for arm, text in lines)
         parts.append(f'<ul class="verdicts">{items}</ul>')

@@ -7,7 +7,7 @@ from budgetlm.compare.report.build import Report
 from budgetlm.compare.report.tables import (
     FAILED_HEADER,
     REFERENCES_HEADER,
-    SUMMARY_HEADER,
+    SHAPE_HEADER,
     TUNING_HEADER,
     control_failure,
     control_sentence,
@@ -16,6 +16,7 @@ from budgetlm.compare.report.tables import (
     failed_cells,
     reference_cells,
     summary_cells,
+    summary_header,
     tuning_cells,
 )
 
@@ -30,6 +31,16 @@ def _table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> list[s
     return lines
 
 
+def _summary_table(report: Report, budget: str) -> list[str]:
+    rows = [summary_cells(report, r) for r in report.results[budget]]
+    header = summary_header(report)
+    if SHAPE_HEADER in header:  # its lines are the header's parts: "a · b · c"
+        column = header.index(SHAPE_HEADER)
+        for row in rows:
+            row[column] = row[column].replace("\n", " · ")
+    return _table(header, rows)
+
+
 def render_markdown(report: Report) -> str:
     exp = report.exp
     lines = [f"# Comparison `{exp.name}`", ""]
@@ -41,11 +52,12 @@ def render_markdown(report: Report) -> str:
     if (failure := control_failure(report)) is not None:
         lines += [f"> **Warning:** {failure}", ""]
     for budget in exp.budgets:
-        rows = [summary_cells(report, r) for r in report.results[budget]]
         lines += [f"## Budget {budget}", ""]
         if (warning := notes.ngram_warning(report, budget)) is not None:
             lines += [f"> **Warning:** {warning}", ""]
-        lines += [*_table(SUMMARY_HEADER, rows), ""]
+        lines += [*_summary_table(report, budget), ""]
+        if report.shape_study and budget == exp.budgets[0]:
+            lines += [notes.shape_note(report), ""]
         if verdicts := notes.verdict_lines(report, budget):
             lines += [f"- **{arm}** — {text}" for arm, text in verdicts] + [""]
         lines += [notes.wall_caption(report, budget), ""]

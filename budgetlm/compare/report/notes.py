@@ -24,6 +24,34 @@ TRAIN_LOSS = (
     "Epochs are passes over the training data that the budget bought."
 )
 
+
+def shape_note(report: Report) -> str:
+    """How to read a shape study's column (tables.SHAPE_HEADER, tables.fmt_shape)."""
+    grew = sorted(
+        {
+            r.arm
+            for row in report.results.values()
+            for r in row
+            for c in r.finished
+            if c.shapes and c.shapes["start"]["label"] != c.shapes["end"]["label"]
+        }
+    )
+    text = (
+        "Shape study: the arms train different model shapes. Beside the loss, a line each: "
+        "the arm's non-embedding parameters (Kaplan et al.: without token and position "
+        "embeddings or an untied output head), its training FLOPs per token (forward and "
+        "backward matmuls per input token of a full sequence, as budgetlm shapes counts them) "
+        "and the reference seconds one optimizer step cost (spent RST / steps, mean over its "
+        "judged runs): at equal RST a slower step buys fewer steps."
+    )
+    if grew:
+        text += (
+            f" {', '.join(grew)} grew during training: start → end shape, from each run's "
+            "shape.json; its RST per step is the mean over the whole run."
+        )
+    return text + " summary.csv also has the total parameters, embeddings included."
+
+
 _UNIT_NAME = {
     "rst": "reference-system time (RST)",
     "seconds": "wall time",

@@ -129,6 +129,49 @@ def fmt_epochs(value: float | None) -> str:
     return DASH if _missing(value) else f"{value:.3g}"
 
 
+def fmt_si(value: float | None) -> str:
+    """A count in three significant digits with an SI prefix: 1.05M, 210k, 12.6G."""
+    if _missing(value):
+        return DASH
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{prefix}"
+    return f"{value:.3g}"
+
+
+def fmt_start_end(start: list[float], end: list[float]) -> str:
+    """A shape figure of an arm's runs: one value, or start → end when they grew (→ min–max
+    when its seeds ended at different shapes). It may wrap only after the arrow."""
+    if not start:
+        return DASH
+    first, ends = start[0], sorted(set(end))
+    if not ends or ends == [first]:
+        return fmt_si(first)
+    last = fmt_si(ends[0]) if len(ends) == 1 else f"{fmt_si(ends[0])}–{fmt_si(ends[-1])}"
+    return f"{fmt_si(first)}\u00a0→ {last}"
+
+
+def fmt_shape(r: ArmResult) -> str:
+    """The model cell of a shape study, a line each (Markdown joins them with " · ", as in
+    SHAPE_HEADER): non-embedding parameters and training FLOPs per token (start → end for an
+    arm that grows), reference seconds per optimizer step."""
+    params = fmt_start_end(*_start_end(r, "params_non_embedding"))
+    flops = fmt_start_end(*_start_end(r, "train_flops_per_token"))
+    rst = DASH if r.rst_per_step is None else f"{r.rst_per_step:.3g}\u00a0s"
+    return f"{params}\n{flops}\n{rst}"
+
+
+def _start_end(r: ArmResult, key: str) -> tuple[list[float], list[float]]:
+    return r.shape_values("start", key), r.shape_values("end", key)
+
+
+def _mean(values: list[float]) -> float | None:
+    """The mean; the value itself when all are one (a parameter count stays exact)."""
+    if len(set(values)) == 1:
+        return values[0]
+    return sum(values) / len(values) if values else None
+
+
 def fmt_share(value: float | None) -> str:
     return DASH if _missing(value) else f"{100 * value:.1f}%"
 
@@ -171,6 +214,15 @@ SUMMARY_COLUMNS = (
     "n",
     "loss_mean",
     "loss_std",
+    # The model: the shape each run started with, and (means over seeds) the one it ended with
+    # (they differ for an arm that grows); RST per optimizer step. Empty without shape.json.
+    "params_non_embedding",
+    "params",
+    "params_non_embedding_end",
+    "params_end",
+    "train_flops_per_token",
+    "train_flops_per_token_end",
+    "rst_per_step_mean",
     *COMPARISON_COLUMNS,
     "verdict",
     "compute_saved",
@@ -212,8 +264,17 @@ SUMMARY_HEADER = (
     "wall s",
     "selection + Hessian",
 )
-VERDICT_COLUMN = SUMMARY_HEADER.index("verdict")
-SAVED_COLUMN = SUMMARY_HEADER.index("compute saved")
+# A shape study's extra column, just before the loss (Report.shape_study).
+SHAPE_HEADER = "params (non-emb.) · FLOPs / token · RST s / step"
+LOSS_HEADER = "held-out loss (mean ± std)"
+
+
+def summary_header(report: Report) -> tuple[str, ...]:
+    """The per-budget table's header: SUMMARY_HEADER, with the model column in a shape study."""
+    if not report.shape_study:
+        return SUMMARY_HEADER
+    i = SUMMARY_HEADER.index(LOSS_HEADER)
+    return (*SUMMARY_HEADER[:i], SHAPE_HEADER, *SUMMARY_HEADER[i:])
 
 
 def verdict(report: Report, r: ArmResult) -> str | None:
@@ -239,6 +300,7 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
                     "n": len(r.losses),
                     "loss_mean": ms[0] if ms else None,
                     "loss_std": ms[1] if ms else None,
+                    **_shape_columns(r),
                     **_comparison_columns(c),
                     "verdict": verdict(report, r),
                     **_saved_columns(report, r),
@@ -253,6 +315,29 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def _shape_columns(r: ArmResult) -> dict[str, Any]:
+    """The model columns of summary.csv: the start shape (the same for every seed of an arm),
+    the end shape as a mean over seeds, RST per step."""
+    start = {key: r.shape_values("start", key) for key in _SHAPE_KEYS}
+    end = {key: r.shape_values("end", key) for key in _SHAPE_KEYS}
+    return {
+        "params_non_embedding": _first(start["params_non_embedding"]),
+        "params": _first(start["params"]),
+        "params_non_embedding_end": _mean(end["params_non_embedding"]),
+        "params_end": _mean(end["params"]),
+        "train_flops_per_token": _first(start["train_flops_per_token"]),
+        "train_flops_per_token_end": _mean(end["train_flops_per_token"]),
+        "rst_per_step_mean": r.rst_per_step,
+    }
+
+
+_SHAPE_KEYS = ("params_non_embedding", "params", "train_flops_per_token")
+
+
+def _first(values: list[float]) -> float | None:
+    return values[0] if values else None
 
 
 def _comparison_columns(c: stats.Comparison | None) -> dict[str, Any]:
@@ -308,13 +393,14 @@ def _sensitivity_columns(r: ArmResult) -> dict[str, Any]:
 
 
 def summary_cells(report: Report, r: ArmResult) -> list[str]:
-    """One arm's row of the per-budget table on the page, in SUMMARY_HEADER order."""
+    """One arm's row of the per-budget table on the page, in `summary_header` order."""
     ms, train, c = r.mean_std, r.train_loss, r.comparison
     return [
         r.arm,
         f"{r.method} ·\n{r.optim}",
         fmt_lr(r, report),
         str(len(r.losses)),
+        *([fmt_shape(r)] if report.shape_study else []),
         fmt_mean_std(*(ms or (None, None))),
         fmt_delta(c),
         fmt_verdict(report, r),
@@ -615,8 +701,22 @@ CELL_COLUMNS = (
     "wall_s",
     "flops",
     "tokens",
+    "shape_start",
+    "shape_end",
+    "params_non_embedding_start",
+    "params_non_embedding_end",
     "error",
 )
+
+
+def _cell_shape_columns(c: CellResult) -> dict[str, Any]:
+    shapes = c.shapes or {}
+    out = {}
+    for which in ("start", "end"):
+        facts = shapes.get(which) or {}
+        out[f"shape_{which}"] = facts.get("label")
+        out[f"params_non_embedding_{which}"] = facts.get("params_non_embedding")
+    return out
 
 
 def cell_rows(report: Report) -> list[dict[str, Any]]:
@@ -652,6 +752,7 @@ def cell_rows(report: Report) -> list[dict[str, Any]]:
                 "wall_s": spent.get("seconds"),
                 "flops": spent.get("flops"),
                 "tokens": spent.get("tokens"),
+                **_cell_shape_columns(c),
                 "error": (c.error or {}).get("message", ""),
             }
         )

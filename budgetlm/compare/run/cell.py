@@ -11,6 +11,8 @@ A cell is an ordinary run directory (train with the one loop, `--resume auto` se
   the other way round, so neither a cell nor a hand-started run can deadlock on the other;
 - prepares a RHO-loss IL table first when the arm needs one (under a lock: cells of one seed
   share it);
+- writes `shape.json` when the run finishes: the model shape it started and ended with, with
+  their parameter and FLOP counts (compare/run/shapes.py; the report's shape columns);
 - writes `error.json` (type, message, traceback) when the run fails, and exits 1 (2 for a bad
   config: retrying cannot help), 130 when stopped by a signal (its checkpoint is kept);
 - stops like Ctrl-C when its parent grid process dies, so a killed grid leaves no orphans.
@@ -111,6 +113,8 @@ def run_cell(cell_dir: Path) -> int:
                     summary = trainer.run()
                 finally:
                     trainer.log.close()
+                if summary["status"] == "finished":
+                    record_shape(cell_dir, cfg, trainer.state.model.shape)
         except Exception as e:
             if type(e).__name__ == "ILRunStopped":  # the IL model's run was asked to stop
                 return EXIT_INTERRUPTED
@@ -122,6 +126,17 @@ def run_cell(cell_dir: Path) -> int:
             return EXIT_INTERRUPTED
         print(f"cell finished: held-out loss {summary['final_val_loss']}", file=sys.stderr)
         return finetune_cell(cell_dir)
+
+
+def record_shape(cell_dir: Path, cfg: object, end: object) -> None:
+    """shape.json for the report (compare/run/shapes.py); a run that trained is not failed
+    for want of it: the report shows a dash instead."""
+    from budgetlm.compare.run.shapes import write_shape_record
+
+    try:
+        write_shape_record(cell_dir, cfg, end)
+    except Exception as e:  # noqa: BLE001
+        print(f"cell: no shape record: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def finetune_cell(cell_dir: Path) -> int:

@@ -98,6 +98,10 @@ class GridRunner:
 
     # -- public -----------------------------------------------------------------------------
     def run(self) -> GridOutcome:
+        from budgetlm.compare.run.shapes import check_rst_coverage
+
+        # Before anything is written: a shape the RST table cannot price fails its cells.
+        check_rst_coverage(self.exp, progress=self.progress)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with self._exclusive(), self._signals():
             self._write_experiment()

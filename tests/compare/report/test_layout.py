@@ -3,15 +3,29 @@ sideways, and no chart text is cut off."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import pytest
+
+from budgetlm.budget.clock import Budget
 from budgetlm.compare.report.build import build_report
+from budgetlm.compare.report.tables import SHAPE_HEADER
 from budgetlm.compare.report.write import write_report
 from budgetlm.compare.run.experiment import Cell
 from budgetlm.finetune.store import write_results
+from budgetlm.models import get_shape
 
 from ..browser import WINDOW, need_browser, render
-from ..planted import POWER_ARMS, plant_cell, plant_power_law_grid, planted_experiment
+from ..planted import (
+    POWER_ARMS,
+    POWER_BUDGETS,
+    POWER_SEEDS,
+    baseline_loss,
+    plant_cell,
+    plant_power_law_grid,
+    planted_experiment,
+)
 
 # Long arm names, an LR grid, a failed cell with a long log path and a downstream suite with
 # eight tasks: the widest tables a report has.
@@ -102,3 +116,53 @@ def test_compute_saved_sensitivity_and_references_fit_a_1280px_window(tmp_path):
     assert text.count('data-part="fit"') == 1
     # Baseline means 9.22, 7.45, 6.27, 5.50 against a bigram of 6.0: three budgets warn.
     assert text.count("models are still in the n-gram regime") == 3
+
+
+@pytest.mark.parametrize(
+    ("wide_arm", "growing_arm", "budgets"),
+    [
+        # As long as the longest names above, at one budget (no compute saved).
+        ("wide_model_d1024_as_shape_arm", "staged_growth_depth_doubling2", ("15s-rst",)),
+        # Four RST budgets: compute saved and price sensitivity in every row.
+        ("wide_model_d1024", "staged_depth_growth", POWER_BUDGETS),
+    ],
+)
+def test_a_shape_study_fits_a_1280px_window(tmp_path, wide_arm, growing_arm, budgets):
+    """The model column of a shape study (a growing arm's start → end) beside the others."""
+    need_browser()
+    tiny = dataclasses.replace(get_shape("gpt-tiny"), vocab_size=2048)
+    wide, deep = dataclasses.replace(tiny, d_model=1024), dataclasses.replace(tiny, n_layers=32)
+    arms = {"baseline": (tiny, tiny, 0.0), wide_arm: (wide, wide, 0.05)}
+    arms[growing_arm] = (tiny, deep, -0.05)
+    raw_arms = [
+        {"name": "baseline"},
+        {"name": wide_arm, "set": {"model.d_model": 1024}},
+        {"name": growing_arm, "method": "staged"},
+    ]
+    out = tmp_path / "grid"
+    exp = planted_experiment(
+        out, {"seeds": list(POWER_SEEDS), "budgets": list(budgets), "arms": raw_arms}
+    )
+    for name, (start, end, shift) in arms.items():
+        for budget in budgets:
+            amount = Budget.parse(budget).amount
+            for seed in POWER_SEEDS:
+                plant_cell(
+                    exp,
+                    out,
+                    Cell(name, budget, seed),
+                    baseline_loss(amount, seed) + shift + seed / 1000,
+                    rst=amount,
+                    steps=37,
+                    shapes=(start, end),
+                )
+    page = write_report(build_report(out))["html"]
+    info = render(page, screenshot=tmp_path / "report.png")
+    assert info["errors"] == []
+    assert SHAPE_HEADER in info["tables"][0]["header"]
+    for t in info["tables"]:
+        assert t["box_scroll_width"] <= t["box_client_width"], t
+        assert t["right"] <= WINDOW[0], t
+    scroll_width, client_width = info["document_width"]
+    assert scroll_width <= client_width, "the page scrolls sideways"
+    assert info["clipped_text"] == []

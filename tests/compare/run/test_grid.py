@@ -158,7 +158,23 @@ def test_report_lists_both_arms_from_the_runs_own_summaries(finished_grid):
         assert float(rows[arm]["loss_mean"]) == pytest.approx(statistics.mean(losses), rel=1e-5)
         assert float(rows[arm]["loss_std"]) == pytest.approx(statistics.stdev(losses), rel=1e-4)
         assert rows[arm]["n"] == "2"
+    # Each run recorded its shape (shape.json): one shape for both arms, no model column.
+    for runs in judged(finished_grid).values():
+        for run in runs:
+            shapes = json.loads((run / "shape.json").read_text())
+            meta = json.loads((run / "meta.json").read_text())
+            assert shapes["start"] == shapes["end"]
+            assert shapes["end"]["params"] == meta["params"]
+            assert shapes["end"]["shape"] == meta["shape"]
+    assert float(rows["lion"]["params"]) == meta["params"]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    per_step = [s["spent"]["rst"] / s["steps"] for s in summaries if s["spent"].get("rst")]
+    if per_step:  # RST is logged where the table covers the shape
+        assert float(rows["lion"]["rst_per_step_mean"]) == pytest.approx(statistics.mean(per_step))
+    else:
+        assert rows["lion"]["rst_per_step_mean"] == ""
     md = (finished_grid / "report.md").read_text()
+    assert "Shape study" not in md
     assert "| baseline |" in md and "| lion |" in md
     check = check_html((finished_grid / "report.html").read_text())
     assert check["errors"] == [] and check["external"] == []
