@@ -139,6 +139,12 @@ def record_shape(cell_dir: Path, cfg: object, end: object) -> None:
         print(f"cell: no shape record: {type(e).__name__}: {e}", file=sys.stderr)
 
 
+def finetune_limits(spec: dict) -> dict[str, float]:
+    """The experiment's `finetune.max_dropped`, when it sets one (the fine-tuning default
+    otherwise: a split with more than 10% malformed rows is refused)."""
+    return {"max_dropped": float(spec["max_dropped"])} if "max_dropped" in spec else {}
+
+
 def finetune_cell(cell_dir: Path) -> int:
     """Fine-tune a finished cell as the experiment asks, unless its scores are already there."""
     from budgetlm.finetune.store import has_results, read_results
@@ -163,6 +169,7 @@ def finetune_cell(cell_dir: Path) -> int:
             protocol=protocol,
             data_dir=spec.get("data_dir"),
             progress=False,
+            **finetune_limits(spec),
         )
     except Exception as e:
         write_error(cell_dir, e, user_error=False, name=FINETUNE_ERROR)

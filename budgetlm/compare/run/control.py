@@ -34,6 +34,7 @@ from budgetlm.compare.run.cell import (
     LOCK_FILE,
     _stop_when_orphaned,
     file_lock,
+    finetune_limits,
     write_error,
 )
 from budgetlm.compare.run.experiment import Cell, Experiment
@@ -144,6 +145,7 @@ def run_control(folder: Path) -> int:
                 protocol=Protocol.from_spec(spec),
                 data_dir=spec.get("data_dir"),
                 progress=False,
+                **finetune_limits(spec),
             )
         except Exception as e:
             user_error = isinstance(e, user_errors())

@@ -42,6 +42,7 @@ FINETUNE_KEYS = (
     "select",
     "max_train",
     "max_eval",
+    "max_dropped",
 )
 ARM_KEYS = ("name", "description", "method", "optim", "set", "lr_grid", "tune")
 # Written by `compare` into experiment.json (so the report needs no config, hence no torch).

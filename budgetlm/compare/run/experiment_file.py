@@ -340,6 +340,13 @@ def _finetune(raw: Any, root: Path) -> dict[str, Any] | None:
     if spec.get("data_dir"):
         data_dir = Path(spec["data_dir"])
         spec["data_dir"] = str(data_dir if data_dir.is_absolute() else (root / data_dir).resolve())
+    dropped = spec.get("max_dropped")
+    if dropped is not None and not (
+        isinstance(dropped, int | float) and not isinstance(dropped, bool) and 0 <= dropped <= 1
+    ):
+        raise ExperimentError(
+            f"finetune.max_dropped: a fraction of a split's rows, 0 to 1, not {dropped!r}"
+        )
     seeds = spec.get("seeds", [1])
     spec["seeds"] = [
         _int(s, "finetune.seeds") for s in (seeds if isinstance(seeds, list) else [seeds])

@@ -225,3 +225,17 @@ def test_the_saved_record_keeps_whether_the_file_had_a_tuning_section(tmp_path):
         again = experiment_from_dict(record, tmp_path)
         assert again.spec.given == exp.spec.given == ("tuning" in raw)
         assert [a.tuned for a in again.arms] == [a.tuned for a in exp.arms]
+
+
+def test_finetune_max_dropped_is_checked_and_reaches_the_fine_tuning_call(tmp_path):
+    from budgetlm.compare.run.cell import finetune_limits
+
+    def load(value):
+        spec = {"suite": "offline", "tasks": ["bbc_news"], "max_dropped": value}
+        return load_experiment(write(tmp_path, {"arms": ["baseline"], "finetune": spec}))
+
+    assert finetune_limits(load(0.3).finetune) == {"max_dropped": 0.3}
+    assert finetune_limits({"suite": "offline"}) == {}  # the fine-tuning default applies
+    for bad in (1.5, -0.1, "lots", True):
+        with pytest.raises(ExperimentError, match="finetune.max_dropped"):
+            load(bad)
