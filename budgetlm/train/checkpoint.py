@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,19 @@ def newest_valid(directory: Path) -> tuple[Path | None, list[str]]:
             continue
         return path, problems
     return None, problems
+
+
+def newest_to_load(run_dir: Path) -> Path:
+    """The checkpoint `finetune`, `export`, `eval`, `generate` and `grow` read from a run
+    folder: the newest that verifies, each newer broken one named in a warning on stderr;
+    CheckpointError when none verifies."""
+    newest, problems = newest_valid(run_dir / "checkpoints")
+    if newest is None:
+        why = f" ({'; '.join(problems)})" if problems else ""
+        raise CheckpointError(f"{run_dir}: no checkpoint that verifies{why}")
+    for problem in problems:
+        print(f"warning: skipped a checkpoint that does not verify: {problem}", file=sys.stderr)
+    return newest
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

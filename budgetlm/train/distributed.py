@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from budgetlm.errors import UserError
+from budgetlm.errors import RunFault, UserError
+
+T = TypeVar("T")
 
 MODES = ("auto", "ddp", "fsdp")
 # What data parallelism does not support yet, and why (refused, never silently wrong).
@@ -118,6 +121,25 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             torch_dist.barrier()
+
+    def on_main(self, fn: Callable[[], T], device: torch.device, what: str) -> T | None:
+        """`fn()` on rank 0 only, then every rank learns whether it failed (in place of a
+        barrier), so none waits forever for a rank 0 that raised (a full disk, a busy run
+        folder). Rank 0 re-raises its own error; the others raise a RunFault naming `what`."""
+        error: BaseException | None = None
+        result = None
+        if self.is_main:
+            try:
+                result = fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised once the other ranks know
+                error = e
+        if self.active:
+            (failed,) = self.max([float(error is not None)], device)
+            if failed and error is None:
+                raise RunFault(f"rank 0 could not {what}; see its message")
+        if error is not None:
+            raise error
+        return result
 
 
 def world_from_env() -> tuple[int, int, int]:

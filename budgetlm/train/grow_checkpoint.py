@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 
 def _resolve(path: Path) -> tuple[Path, Path]:
     """(run directory, checkpoint directory) from either of them."""
-    from budgetlm.train.checkpoint import CheckpointError, newest_valid
+    from budgetlm.train.checkpoint import CheckpointError, newest_to_load
 
     if (path / "checkpoints").is_dir():
-        newest, problems = newest_valid(path / "checkpoints")
-        if newest is None:
-            why = f" ({'; '.join(problems)})" if problems else ""
-            raise CheckpointError(f"{path}: no checkpoint that verifies, nothing to grow{why}")
-        for problem in problems:
-            print(f"warning: skipped a checkpoint that does not verify: {problem}", file=sys.stderr)
-        return path, newest
+        return path, newest_to_load(path)
     if not (path / "manifest.json").is_file():
         raise CheckpointError(f"{path}: not a run directory or a complete checkpoint")
     return path.parent.parent, path

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from budgetlm.api import StepPlan
 from budgetlm.budget.work import step_work
 from budgetlm.config import TrainConfig
-from budgetlm.errors import DivergedError, RunFault
+from budgetlm.errors import DivergedError
 from budgetlm.optim import set_lr
 from budgetlm.schedules import ScheduleSpec
 from budgetlm.train.checkpoint import prune_checkpoints
@@ -299,22 +299,16 @@ class Trainer:
         model_state = optimizer_state = None
         if self.dist.mode == "fsdp":  # every rank takes part in gathering the full state
             model_state, optimizer_state = full_state_dicts(self.state.model, self.state.optimizer)
-        path = self.run_dir / "checkpoints"
-        error: BaseException | None = None
-        if self.dist.is_main:
-            try:
-                path = self.state.save(path, self.checkpoint_meta, model_state, optimizer_state)
-                prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
-            except BaseException as e:  # noqa: BLE001 - re-raised once the other ranks know
-                error = e
-        if self.dist.active:
-            # In place of a barrier: every rank learns whether rank 0's save failed (a full
-            # disk), so none waits for it forever.
-            (failed,) = self.dist.max([float(error is not None)], self.device)
-            if failed and error is None:
-                raise RunFault("rank 0 could not write the checkpoint; see its message")
-        if error is not None:
-            raise error
+
+        def write() -> Path:
+            saved = self.state.save(
+                self.run_dir / "checkpoints", self.checkpoint_meta, model_state, optimizer_state
+            )
+            prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+            return saved
+
+        path = self.dist.on_main(write, self.device, "write the checkpoint")
+        path = path or self.run_dir / "checkpoints"
         return path
 
     # -- the loop -----------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 
 from budgetlm.config import Config
 from budgetlm.models import build_model
-from budgetlm.train.checkpoint import CheckpointError, newest_valid
+from budgetlm.train.checkpoint import CheckpointError, newest_to_load
 from budgetlm.train.resume import checkpoint_shape
 from budgetlm.train.run_data import DataBundle, heldout_batches, resolve_data
 from budgetlm.train.runtime import autocast_for, resolve_device
@@ -34,13 +33,7 @@ def load_run_model(path: Path, device: torch.device | None = None) -> LoadedRun:
     from budgetlm.train.checkpoint import load_checkpoint
 
     if (path / "checkpoints").is_dir():
-        newest, problems = newest_valid(path / "checkpoints")
-        if newest is None:
-            why = f" ({'; '.join(problems)})" if problems else ""
-            raise CheckpointError(f"{path}: no checkpoint that verifies{why}")
-        for problem in problems:
-            print(f"warning: skipped a checkpoint that does not verify: {problem}", file=sys.stderr)
-        run_dir, checkpoint = path, newest
+        run_dir, checkpoint = path, newest_to_load(path)
     else:
         run_dir, checkpoint = path.parent.parent, path
     if not (run_dir / "config.yaml").is_file():

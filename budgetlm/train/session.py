@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ import yaml
 from budgetlm.api import Method, RunContext
 from budgetlm.budget.clock import Budget, Clock
 from budgetlm.config import Config, ConfigError, dump_yaml, resume_drift
-from budgetlm.errors import RunFault
 from budgetlm.methods import build_methods
 from budgetlm.models import ModelShape, build_model
 from budgetlm.optim.factory import optimizer_from_config, optimizer_module
@@ -90,7 +89,9 @@ def open_run(
     folder = _RunFolder(run_dir)
     trainer = None
     try:
-        notes = _on_main(rt, lambda: folder.open(restart))
+        notes = (
+            rt.dist.on_main(lambda: folder.open(restart), rt.device, "open the run folder") or {}
+        )
         point = resume_point(run_dir, cfg, resume)
         checkpoint = point.checkpoint
         context = RunContext(shape=data.shape, config=cfg, run_dir=run_dir, data=data)
@@ -196,24 +197,6 @@ class _RunFolder:
                 parent.rmdir()
             except OSError:
                 break
-
-
-def _on_main(rt: Runtime, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """`fn()` on rank 0; every rank learns whether it failed (so none waits for it forever)."""
-    error: BaseException | None = None
-    result: dict[str, Any] = {}
-    if rt.dist.is_main:
-        try:
-            result = fn()
-        except BaseException as e:
-            error = e
-    if rt.dist.active:
-        (failed,) = rt.dist.max([float(error is not None)], rt.device)
-        if failed and error is None:
-            raise RunFault("rank 0 could not open the run folder; see its message")
-    if error is not None:
-        raise error
-    return result
 
 
 def default_run_dir(cfg: Config) -> Path:

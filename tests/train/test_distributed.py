@@ -231,3 +231,19 @@ def test_selection_methods_on_two_ddp_ranks_match_one_rank(method, tmp_path):
     ]
     assert stats[0] and stats[1] == pytest.approx(stats[0], rel=1e-5)  # keep rates, mean losses
     assert two["spent_by_purpose"] == one["spent_by_purpose"]  # the global work, charged once
+
+
+def test_on_main_runs_on_rank_0_only_and_reraises_its_error():
+    from budgetlm.train.distributed import Dist
+
+    cpu = torch.device("cpu")
+    assert Dist().on_main(lambda: 5, cpu, "count") == 5
+    calls = []
+    assert Dist(rank=1, world=1).on_main(lambda: calls.append(1), cpu, "count") is None
+    assert calls == []  # not rank 0: fn never runs
+
+    def fail():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        Dist().on_main(fail, cpu, "write the checkpoint")
