@@ -565,11 +565,8 @@ def _reason(error: Exception, path: Path) -> str:
 
 
 def _sha256_file(file: Path) -> str:
-    h = hashlib.sha256()
     with open(file, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # -- building into a temporary folder, then installing it -----------------------------------------

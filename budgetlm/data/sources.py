@@ -461,8 +461,5 @@ def _version(dist: str) -> str | None:
 
 
 def _file_digest(path: Path) -> bytes:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.digest()
+        return hashlib.file_digest(f, "sha256").digest()

@@ -52,3 +52,26 @@ def tiny_overrides(family: str, run_dir: Path, small: bool = True) -> list[str]:
 
 def tiny_config(family: str, run_dir: Path, *overrides: str, small: bool = True) -> Config:
     return load_config(None, [*tiny_overrides(family, run_dir, small), *overrides])
+
+
+def resume_run_args(family: str, run_dir, *extra: str) -> list[str]:
+    """Overrides of the small run the resume tests interrupt: 12 steps, a checkpoint every 3."""
+    args = [
+        f"model.preset={PRESET[family]}",
+        "data.corpus=fixture",
+        "data.vocab_size=2048",
+        "data.val_fraction=0.05",
+        f"run.dir={run_dir}",
+        "budget=12steps",
+        "train.batch_size=4",
+        "train.eval_batches=2",
+        "train.eval_every=0.5",
+        "train.checkpoint_every=0.25",
+        "train.keep_checkpoints=5",
+        "train.log_every=1",
+        "model.dropout=0.1",
+        *SMALL,
+    ]
+    if family == "t5":
+        args += ["model.n_decoder_layers=2", "optim.name=adamw_rms"]
+    return [*args, *extra]

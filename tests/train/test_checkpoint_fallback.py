@@ -22,29 +22,12 @@ from budgetlm.train.checkpoint import (
 )
 from budgetlm.train.metrics import read_metrics
 
-from .helpers import PRESET, SMALL
+from .helpers import resume_run_args
 
 
 def _args(run_dir, *extra):
-    return [
-        "train",
-        "--quiet",
-        f"model.preset={PRESET['gpt']}",
-        "data.corpus=fixture",
-        "data.vocab_size=2048",
-        "data.val_fraction=0.05",
-        f"run.dir={run_dir}",
-        "budget=12steps",
-        "train.batch_size=4",
-        "train.eval_batches=2",
-        "train.eval_every=0.5",
-        "train.checkpoint_every=0.25",
-        "train.keep_checkpoints=5",
-        "train.log_every=1",
-        "model.dropout=0.1",
-        *SMALL,
-        *extra,
-    ]
+    """test_resume's GPT run (12 steps, a checkpoint every 3), through `budgetlm train`."""
+    return ["train", "--quiet", *resume_run_args("gpt", run_dir, *extra)]
 
 
 @pytest.fixture(scope="module")

@@ -11,29 +11,7 @@ from safetensors.torch import load_file
 from budgetlm.cli import main
 from budgetlm.train.metrics import read_metrics
 
-from .helpers import PRESET, SMALL
-
-
-def _args(family, run_dir, *extra):
-    args = [
-        f"model.preset={PRESET[family]}",
-        "data.corpus=fixture",
-        "data.vocab_size=2048",
-        "data.val_fraction=0.05",
-        f"run.dir={run_dir}",
-        "budget=12steps",
-        "train.batch_size=4",
-        "train.eval_batches=2",
-        "train.eval_every=0.5",
-        "train.checkpoint_every=0.25",
-        "train.keep_checkpoints=5",
-        "train.log_every=1",
-        "model.dropout=0.1",
-        *SMALL,
-    ]
-    if family == "t5":
-        args += ["model.n_decoder_layers=2", "optim.name=adamw_rms"]
-    return [*args, *extra]
+from .helpers import resume_run_args as _args
 
 
 def _cli(*args):
