@@ -69,6 +69,10 @@ class StepPlan:
     """What one optimizer step will do; methods edit it in `plan_step`.
 
     `active` maps a stack name to the block indices to run (None: all blocks).
+    `seq_len` is the length of the sequences this step trains on when a method shortens them
+    (sequence-length warm-up; None: the model's): the training passes are charged at that
+    length, so the RST table must price it (declare it in `Method.shapes_used`). The method
+    itself cuts the batches to that length in `before_batch`.
     `extra_passes` are additional passes the step runs (selection forwards, Hessian passes):
     they are charged to the clock with the training passes.
     """
@@ -78,12 +82,30 @@ class StepPlan:
     micro_batches: int
     active: dict[str, list[int]] | None = None
     extra_passes: list[Pass] = field(default_factory=list)
+    seq_len: int | None = None
 
 
 class Method:
-    """Base class: every hook is a no-op, so a method overrides only the events it needs."""
+    """Base class: every hook is a no-op, so a method overrides only the events it needs.
+
+    A subclass declares `name` (its options live under `methods.<name>` and its checkpointed
+    state is keyed by it), an `Options` dataclass, `from_options(options, context)`, and may
+    declare `incompatible` (methods it cannot be combined with), `families` (the model families
+    it supports) and `event_points` (where it changes the run; the conformance suite resumes
+    around each). docs/your-method.md walks through writing one.
+    """
 
     name: str = "method"
+    incompatible: tuple[str, ...] = ()
+    families: tuple[str, ...] = ("gpt", "bert", "t5")
+
+    @classmethod
+    def event_points(cls, options: Any) -> list[float]:
+        """Budget progress points at which a run of this method changes what it trains (a
+        stacking or growth point, a phase change): `budgetlm check-plugin` checkpoints just
+        before, at and after each and checks that resuming there is bit-exact. None by default:
+        the suite then checks resumes at a few points spread over the run."""
+        return []
 
     @classmethod
     def shapes_used(cls, options: Any, shape: Any) -> list[Any]:
@@ -136,6 +158,51 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a plug-in that takes none."""
+
+
+class OptimizerPlugin:
+    """Base class of an optimizer from outside the package (docs/your-method.md).
+
+    `build` returns a `torch.optim.Optimizer` for the model; `options` is an instance of the
+    `Options` dataclass, validated from `optim.options` with did-you-mean on typos. Decay weight
+    matrices only, as the built-ins do: `budgetlm.optim.factory.param_groups(model, weight_decay)`.
+    `betas`/`eps` None mean the optimizer's own defaults.
+
+    An optimizer whose weights for evaluation differ from the ones it trains (schedule-free
+    methods) gives the torch optimizer `train()` and `eval()` methods: the loop calls `eval()`
+    before every held-out evaluation and checkpoint (so saved weights are the ones to evaluate,
+    fine-tune and export) and `train()` after, and after loading a checkpoint.
+
+    Extra work the loop must run and charge for it (Sophia's Hessian passes) comes from
+    `method_for`, a companion `Method` whose `plan_step` declares the passes.
+    """
+
+    name: str = "optimizer"
+    Options: type = NoOptions
+    incompatible: tuple[str, ...] = ()  # methods it cannot be combined with
+
+    @classmethod
+    def build(
+        cls,
+        model: torch.nn.Module,
+        *,
+        lr: float,
+        betas: tuple[float, float] | None,
+        eps: float | None,
+        weight_decay: float,
+        device: Any,
+        options: Any,
+    ) -> torch.optim.Optimizer:
+        raise NotImplementedError(f"{cls.__name__}.build")
+
+    @classmethod
+    def method_for(cls, optimizer: torch.optim.Optimizer, context: RunContext) -> Method | None:
+        return None
 
 
 @dataclass(frozen=True)

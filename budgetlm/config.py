@@ -651,14 +651,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"{key} must be one of {choices}, got {value!r}{_suggest(value, choices)}"
             )
-    from budgetlm.registry import OPTIMIZERS
+    from budgetlm.registry import check_optimizer_name, parse_method_spec
 
-    if cfg.optim.name not in OPTIMIZERS:
-        raise ConfigError(
-            f"optim.name must be one of {tuple(OPTIMIZERS)}, got {cfg.optim.name!r}"
-            f"{_suggest(cfg.optim.name, OPTIMIZERS)}"
-        )
-    from budgetlm.registry import parse_method_spec
+    try:
+        check_optimizer_name(cfg.optim.name)
+    except ValueError as e:
+        raise ConfigError(f"optim.name: {e}") from e
 
     try:
         parse_method_spec(cfg.method)

@@ -405,8 +405,9 @@ class CostTable:
         if fallback != "flops":
             where = entry.label if entry is not None else _describe(shape)
             raise TableError(
-                f"the RST table has no cost for optimizer {name!r} on {where}; calibrate it "
-                f"(budgetlm calibrate CONFIG optim.name={name}) or set rst.fallback=flops"
+                f"the RST table has no cost for optimizer {name!r} on {where}: "
+                f"{self.optimizer_hint(name)}, or set rst.fallback=flops to price it from the "
+                "table's AdamW step (a recorded warning)"
             )
         warn(f"RST for optimizer {name!r} estimated from the table's AdamW cost")
         if entry is not None and "adamw" in entry.optimizer_seconds:
@@ -414,6 +415,14 @@ class CostTable:
         return float(
             np.median([s for e in self.entries.values() for s in e.optimizer_seconds.values()])
         )
+
+    def optimizer_hint(self, name: str) -> str:
+        """The command that prices optimizer `name` (a plug-in's import path included)."""
+        if self.source and not self.source.startswith(SHIPPED_PREFIX):
+            out = f"--out {self.source}` (on the machine it describes: the table is extended)"
+        else:
+            out = "--out my-table.json` on the reference machine, then set rst.table=my-table.json"
+        return f"price its step with `budgetlm calibrate CONFIG --optimizers {name} adamw {out}"
 
     def seconds_per_flop(self, phase: str) -> float:
         """Reference seconds per FLOP of full-depth passes at the largest measured batch."""

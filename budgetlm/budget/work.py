@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -58,16 +59,23 @@ class PlannedStep(Protocol):
     micro_batches: int
     active: dict[str, list[int]] | None
     extra_passes: Sequence[Pass]
+    seq_len: int | None
 
 
 def step_work(
     shape: ModelShape, plan: PlannedStep, tokens_per_example: int, optimizer: str | None = None
 ) -> Work:
-    """The training passes of the plan (its batch in micro-batches) plus its extra passes."""
+    """The training passes of the plan (its batch in micro-batches) plus its extra passes.
+
+    A plan that trains on shorter sequences (`plan.seq_len`) is charged at that length, and its
+    tokens scale with it."""
     micro = plan.batch_size // plan.micro_batches
+    seq_len = getattr(plan, "seq_len", None)
+    tokens = plan.batch_size * tokens_per_example
+    if seq_len is not None and seq_len != shape.seq_len:
+        if not 0 < seq_len <= shape.seq_len:
+            raise ValueError(f"a step planned at seq_len={seq_len}, the model's is {shape.seq_len}")
+        tokens = plan.batch_size * tokens_per_example * seq_len // shape.seq_len
+        shape = dataclasses.replace(shape, seq_len=seq_len)
     passes = [train_pass(shape, micro, plan.active)] * plan.micro_batches
-    return Work(
-        passes=tuple(passes + list(plan.extra_passes)),
-        tokens=plan.batch_size * tokens_per_example,
-        optimizer=optimizer,
-    )
+    return Work(passes=tuple(passes + list(plan.extra_passes)), tokens=tokens, optimizer=optimizer)

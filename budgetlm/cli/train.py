@@ -16,13 +16,30 @@ def budget_epilog() -> str:
     return "budgets (budget=..., quoted when it has a space):\n" + "\n".join(rows)
 
 
+def plugins_epilog() -> str:
+    """The methods and optimizers this environment has: built-ins, then registered plug-ins."""
+    from budgetlm.registry import METHODS, OPTIMIZERS, method_names, optimizer_names
+
+    def listed(names: list[str], builtins: dict[str, object]) -> str:
+        return ", ".join(n if n in builtins else f"{n} (plug-in)" for n in names)
+
+    return (
+        "methods (method=..., combine with +; or a plug-in's import path pkg.module:Class):\n"
+        f"  {listed(method_names(), METHODS)}\n"
+        "optimizers (optim.name=...; or pkg.module:Object):\n"
+        f"  {listed(optimizer_names(), OPTIMIZERS)}\n"
+        "writing your own: docs/your-method.md; check it with `budgetlm check-plugin NAME`"
+    )
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
         help="train one run under its budget",
         description="Train a model under a budget. Overrides use dotted keys, "
         "e.g. budget=300s optim.lr=1e-3 model.n_layers=6 (every key: docs/config.md).",
-        epilog=budget_epilog(),
+        epilog=f"{budget_epilog()}\n\n{plugins_epilog()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config (optional: defaults train gpt-tiny)")
     p.add_argument("overrides", nargs="*", help="key.sub=value settings applied after the file")

@@ -4,12 +4,13 @@ Optimizers beyond AdamW live in their own modules, imported when a run names the
 provides `build(model, *, lr, betas, eps, weight_decay, device, options) -> Optimizer` (it
 validates its own `options`, from `optim.options` in the config) and may provide
 `method_for(optimizer, context) -> Method | None` for work the loop must run and charge on its
-behalf (Sophia's Hessian passes).
+behalf (Sophia's Hessian passes). A plug-in (budgetlm.api.OptimizerPlugin, named by import path
+or entry point: budgetlm/registry.py) provides the same two, and an `Options` dataclass that
+`optim.options` is validated against here.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from budgetlm.optim.adamw_scale import AdamWScale
-from budgetlm.registry import OPTIMIZERS
+from budgetlm.registry import PluginError, optimizer_provider
 
 ADAMW_BETAS = (0.9, 0.98)  # cramming / No Train No Gain
 ADAMW_EPS = 1e-8
@@ -39,18 +40,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def optimizer_module(name: str) -> ModuleType | None:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {tuple(OPTIMIZERS)}")
-    module = OPTIMIZERS[name]
-    if module is None:
-        return None
+def optimizer_module(name: str) -> ModuleType | Any | None:
+    """What builds optimizer `name` (None: AdamW or AdamW-RMS, built here); see
+    `registry.optimizer_provider`."""
+    return optimizer_provider(name)
+
+
+def plugin_options(name: str, provider: Any, options: Mapping[str, Any] | None) -> Any:
+    """A plug-in's `optim.options` as its `Options` dataclass (unknown keys refused with a
+    did-you-mean); the dict as given for a provider without one (the built-ins' modules)."""
+    from budgetlm.config import ConfigError, build_dataclass
+
+    cls = getattr(provider, "Options", None)
+    if cls is None:
+        return dict(options or {})
     try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise ValueError(f"optimizer {name!r} is not implemented yet") from e
-        raise
+        return build_dataclass(cls, dict(options or {}), "optim.options.")
+    except ConfigError as e:
+        raise PluginError(f"optimizer {name!r}: {e}") from e
 
 
 def build_optimizer(
@@ -74,7 +81,7 @@ def build_optimizer(
             eps=eps,
             weight_decay=weight_decay,
             device=device,
-            options=dict(options or {}),
+            options=plugin_options(name, module, options),
         )
     if options:
         raise ValueError(f"optimizer {name!r} takes no optim.options, got {sorted(options)}")

@@ -21,6 +21,9 @@ from tqdm.auto import tqdm
 
 from budgetlm.budget.rst import Point, ShapeCosts
 from budgetlm.budget.timing import machine_description, median_seconds, pass_function, round_robin
+from budgetlm.config import ConfigError
+from budgetlm.optim.modes import to_train_mode
+from budgetlm.registry import check_optimizer_name, optimizer_provider
 
 
 def depth_grid(depth: int, max_points: int = 8) -> list[int]:
@@ -91,6 +94,7 @@ def calibrate_shape(
     batch = {k: v.to(device) for k, v in stream.batch(0, 0, batch_sizes[0]).items()}
     for name, settings in optimizers.items():
         optimizer = build_optimizer(name, model, device=device, **settings)
+        to_train_mode(optimizer)  # a schedule-free optimizer steps only in train mode
         optimizer_points[name] = []
         for active_counts in configs:
             model.zero_grad(set_to_none=True)
@@ -172,6 +176,12 @@ def calibrate_config(
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
     sizes = sorted(set(batch_sizes or [max(1, micro // 4), max(1, micro // 2), micro]))
     names = list(dict.fromkeys(optimizers or [cfg.optim.name, "adamw"]))
+    for name in names:  # built-ins, registered plug-ins and import paths, before any timing
+        try:
+            check_optimizer_name(name)
+            optimizer_provider(name)
+        except ValueError as e:
+            raise ConfigError(f"--optimizers: {e}") from e
     torch.manual_seed(cfg.run.seed)
     model = build_model(data.shape).to(device)
     stream = BatchStream(data.dataset.tokens("train"), data.objective, max(sizes), seed=0)

@@ -36,6 +36,7 @@ from budgetlm.budget.work import step_work
 from budgetlm.config import TrainConfig
 from budgetlm.errors import DivergedError
 from budgetlm.optim import set_lr
+from budgetlm.optim.modes import evaluation_weights, to_train_mode
 from budgetlm.schedules import ScheduleSpec
 from budgetlm.train.checkpoint import prune_checkpoints
 from budgetlm.train.distributed import Dist, ddp_wrap, full_state_dicts
@@ -245,7 +246,8 @@ class Trainer:
             # Each rank scores its share of the held-out batches and the sums are added. (FSDP
             # ranks must run the same forwards together, so there every rank scores them all.)
             batches = batches[self.dist.share(len(batches))]
-        total, count = heldout_sums(self.state.model, batches, self.device, self.autocast())
+        with evaluation_weights(self.state.optimizer):
+            total, count = heldout_sums(self.state.model, batches, self.device, self.autocast())
         if self.dist.mode == "ddp":
             sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
             total, count = self.dist.sum(sums).tolist()
@@ -286,7 +288,12 @@ class Trainer:
 
     def save(self) -> Path:
         """Checkpoint the state, after checking that every parameter is finite (a NaN weight
-        would make every later resume diverge: better the previous checkpoint)."""
+        would make every later resume diverge: better the previous checkpoint). The weights
+        saved are the ones to evaluate (budgetlm/optim/modes.py)."""
+        with evaluation_weights(self.state.optimizer):
+            return self._save()
+
+    def _save(self) -> Path:
         bad = not bool(_all_finite(list(self.state.model.parameters())))
         if self.dist.active:  # FSDP ranks hold different shards: all must agree
             bad = self.dist.max([float(bad)], self.device)[0] > 0
@@ -342,6 +349,9 @@ class Trainer:
 
     def _start(self) -> None:
         """Methods' start event, and the held-out loss before the first step."""
+        # A new or just-loaded schedule-free optimizer holds the evaluation point: train from
+        # the training point (budgetlm/optim/modes.py).
+        to_train_mode(self.state.optimizer)
         for m in self.state.methods:
             m.on_start(self.state)
         if self.state.step == 0 and self.cfg.eval_every > 0:

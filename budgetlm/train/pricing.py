@@ -78,15 +78,11 @@ def run_shapes(cfg: Config, configured: ModelShape) -> list[ModelShape]:
     """Every model shape a run of `cfg` trains, from its configured shape (fitted to the data):
     that shape, then what each method adds (`Method.shapes_used`: staged growth's targets),
     each shape once, in order."""
-    from budgetlm.config import build_dataclass
-    from budgetlm.registry import method_class, parse_method_spec
+    from budgetlm.methods import configured_methods
 
     shapes = [configured]
     try:
-        for name in parse_method_spec(cfg.method):
-            cls = method_class(name)
-            raw = dict(cfg.methods.get(name, {}))
-            options = build_dataclass(cls.Options, raw, f"methods.{name}.")
+        for cls, options in configured_methods(cfg.method, cfg.methods):
             shapes += [s for s in cls.shapes_used(options, configured) if s not in shapes]
     except ValueError as e:
         raise ConfigError(str(e)) from e

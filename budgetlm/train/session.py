@@ -248,6 +248,11 @@ def _build_state(
     except ValueError as e:
         raise ConfigError(f"optim: {e}") from e
     module = optimizer_module(cfg.optim.name)
+    refused = set(getattr(module, "incompatible", ())) & {m.name for m in methods}
+    if refused:
+        raise ConfigError(
+            f"optimizer {cfg.optim.name!r} cannot be combined with method {sorted(refused)}"
+        )
     if module is not None and hasattr(module, "method_for"):
         companion = module.method_for(optimizer, context)
         if companion is not None:

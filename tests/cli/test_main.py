@@ -60,7 +60,7 @@ def test_options_without_help_text_show_their_default(capsys):
 
 def test_train_help_lists_budget_formats_that_parse(capsys):
     text = _help("train", capsys=capsys)
-    table = text.split("budgets (", 1)[1].splitlines()[1:]
+    table = text.split("budgets (", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
     listed = []
     for line in table:
         if re.match(r"  \S", line):  # a row, not a wrapped description
@@ -69,6 +69,15 @@ def test_train_help_lists_budget_formats_that_parse(capsys):
     assert listed == [e for examples, _ in BUDGET_FORMATS for e in examples]
     units = {Budget.parse(example).unit for example in listed}
     assert units == {"rst", "steps", "tokens", "flops", "seconds"}
+
+
+def test_train_help_lists_the_methods_and_optimizers_installed(capsys):
+    from budgetlm.registry import METHODS, OPTIMIZERS
+
+    text = " ".join(_help("train", capsys=capsys).split("methods (", 1)[1].split())
+    for name in [*METHODS, *OPTIMIZERS]:
+        assert name in text
+    assert "budgetlm check-plugin" in text
 
 
 @pytest.mark.parametrize(
