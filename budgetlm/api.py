@@ -176,7 +176,11 @@ class OptimizerPlugin:
     An optimizer whose weights for evaluation differ from the ones it trains (schedule-free
     methods) gives the torch optimizer `train()` and `eval()` methods: the loop calls `eval()`
     before every held-out evaluation and checkpoint (so saved weights are the ones to evaluate,
-    fine-tune and export) and `train()` after, and after loading a checkpoint.
+    fine-tune and export) and `train()` after, and after loading a checkpoint. Resume is
+    bit-exact only if `train()` gives back the training weights bit for bit (keep them in the
+    optimizer's state while in eval mode: the example's `AdamWScheduleFreeExact` does), since a
+    checkpoint may be written at a step the uninterrupted run did not save at (`--stop-after`,
+    a stop signal).
 
     Extra work the loop must run and charge for it (Sophia's Hessian passes) comes from
     `method_for`, a companion `Method` whose `plan_step` declares the passes.

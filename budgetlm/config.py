@@ -123,7 +123,8 @@ class OptimConfig:
     """The optimizer (docs/optimizers.md); the learning rate follows `schedule`."""
 
     name: str = "adamw"
-    """`adamw`, `adamw_rms` (nanoT5), `lion`, `sophia` or `muon`"""
+    """`adamw`, `adamw_rms` (nanoT5), `lion`, `sophia` or `muon`; or a plug-in, by the name an
+    installed package registers or by import path `pkg.module:Object` (docs/your-method.md)"""
     lr: float = 1e-3
     """the peak learning rate of the schedule"""
     betas: tuple[float, float] | None = None
@@ -247,9 +248,12 @@ class Config:
     budget: str = "200steps"
     """what the run may spend (the formats are above; docs/budget.md)"""
     method: str = "none"
-    """efficient-training methods, combined with `+` (e.g. `layer_drop+selective_backprop`)"""
+    """efficient-training methods, combined with `+` (e.g. `layer_drop+selective_backprop`):
+    built-ins, plug-ins registered by an installed package, or a plug-in's import path
+    `pkg.module:Class` (docs/your-method.md)"""
     methods: dict[str, Any] = field(default_factory=dict)
-    """per-method options, `methods.<name>.<option>`, checked by the method"""
+    """per-method options, `methods.<name>.<option>`, checked by the method; a plug-in's under
+    its class's `name` (or, as a YAML key, its import path as written)"""
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

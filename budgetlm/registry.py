@@ -17,7 +17,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import pkgutil
 import re
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -156,13 +158,21 @@ def _load(kind: str, name: str, target: str) -> Any:
     try:
         obj: Any = importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name is not None and module.startswith(e.name):
-            where = "" if name == target else f" ({target})"
+        where = "" if name == target else f" ({target})"
+        missing = e.name or ""
+        if module == missing or module.startswith(f"{missing}."):
+            hint = _module_hint(module, missing, attr)
             raise PluginError(
-                f"{kind} {name!r}{where}: cannot import module {module!r} ({e}); is the package "
-                "installed in this environment?"
+                f"{kind} {name!r}{where}: cannot import module {module!r} ({e})"
+                f"{hint or '; is the package installed in this environment?'}"
             ) from e
-        raise
+        if module.startswith("budgetlm."):
+            raise  # a built-in's dependency: not the user's import path
+        # The plug-in's module is there but needs a package that is not installed.
+        raise PluginError(
+            f"{kind} {name!r}{where}: importing {module!r} failed: {e} (a package it needs "
+            "is not installed)"
+        ) from e
     for part in filter(None, attr.split(".")):
         if not hasattr(obj, part):
             public = [a for a in dir(obj) if not a.startswith("_")]
@@ -171,6 +181,22 @@ def _load(kind: str, name: str, target: str) -> Any:
             raise PluginError(f"{kind} {name!r}: {module!r} has no {part!r}{hint}")
         obj = getattr(obj, part)
     return obj
+
+
+def _module_hint(module: str, missing: str, attr: str) -> str:
+    """'; did you mean ...?' for an import path whose module `missing` (a part of `module`) does
+    not exist, from the modules next to it: the parent package's, or the top-level ones."""
+    parent, _, leaf = missing.rpartition(".")
+    if parent:
+        package = sys.modules.get(parent)
+        candidates = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
+    else:
+        candidates = [m.name for m in pkgutil.iter_modules()]
+    close = difflib.get_close_matches(leaf, candidates, n=1)
+    if not close:
+        return ""
+    fixed = f"{parent}.{close[0]}" if parent else close[0]
+    return f"; did you mean '{fixed}{module[len(missing) :]}:{attr}'?"
 
 
 def method_target(name: str) -> str:
@@ -213,8 +239,8 @@ def method_class(name: str) -> type[Method]:
 def optimizer_provider(name: str) -> Any:
     """What builds the optimizer `name`: None for the factory's own (AdamW, AdamW-RMS), else an
     object with `build(model, *, lr, betas, eps, weight_decay, device, options)` and optionally
-    `method_for(optimizer, context)`: a built-in's module, or a plug-in (budgetlm.api.Optimizer
-    subclass, or any module or object with `build`)."""
+    `method_for(optimizer, context)`: a built-in's module, or a plug-in (a
+    budgetlm.api.OptimizerPlugin subclass, or any module or object with `build`)."""
     if name in OPTIMIZERS:
         module = OPTIMIZERS[name]
         if module is None:

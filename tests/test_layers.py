@@ -32,6 +32,7 @@ RANKS = {
     "train": 6,
     "interop": 7,
     "finetune": 7,
+    "conformance": 7,
     "compare": 8,
     "config_docs": 9,
     "cli": 9,

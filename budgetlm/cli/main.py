@@ -28,6 +28,7 @@ COMMANDS = (
     "export",
     "prepare",
     "calibrate",
+    "check-plugin",
     "eval",
     "shapes",
     "grow",
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"budgetlm.cli.{name}").register(sub)
+        importlib.import_module(f"budgetlm.cli.{name.replace('-', '_')}").register(sub)
     _use_formatter(parser)
     return parser
 

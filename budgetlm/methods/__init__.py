@@ -7,6 +7,7 @@ method module is imported only when a run names it (the names live in budgetlm/r
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,10 +33,14 @@ def configured_methods(
     """
     classes = method_classes(spec)
     keys = {spec_name: option_keys(spec_name, cls) for spec_name, cls in classes.items()}
-    unused = set(options) - {k for ks in keys.values() for k in ks}
+    used = [k for ks in keys.values() for k in ks]
+    unused = set(options) - set(used)
     if unused:
+        first = sorted(unused)[0]
+        close = difflib.get_close_matches(first, used, n=1)
+        hint = f"; did you mean methods.{close[0]}?" if close else ""
         raise ConfigError(
-            f"options given under methods.{sorted(unused)[0]} but method={spec!r} does not use it"
+            f"options given under methods.{first} but method={spec!r} does not use it{hint}"
         )
     built = []
     for spec_name, cls in classes.items():

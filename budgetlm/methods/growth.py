@@ -169,6 +169,16 @@ class StagedGrowth(Method):
         # evenly before it (recorded as "fallback" in the summary); 0: no fallback.
         fallback: float = 0.5
 
+    @classmethod
+    def event_points(cls, options: Options) -> list[float]:
+        """The growth points when given, else where the fallback grows if the slope rule has
+        not fired (the rule may fire earlier; the conformance suite also resumes around the
+        growths it observes)."""
+        points = [e.at for e in parse_events(options.grow)]
+        if all(x is not None for x in points):
+            return [float(x) for x in points]
+        return [x for x in fallback_points(options.fallback, len(points)) if x is not None]
+
     def __init__(self, options: Options, optim: Any = None, seed: int = 0) -> None:
         o = options
         self.options = o

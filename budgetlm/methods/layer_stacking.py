@@ -132,6 +132,11 @@ class LayerStacking(Method):
         self.stage = 0  # stacking events done so far
 
     @classmethod
+    def event_points(cls, options: Options) -> list[float]:
+        """The stacking points (the conformance suite resumes around each)."""
+        return [float(x) for x in options.points]
+
+    @classmethod
     def from_options(cls, options: Options, context: RunContext) -> LayerStacking:
         if options.start_layers is not None and options.start_layers < 1:
             raise ValueError("methods.layer_stacking.start_layers must be >= 1")

@@ -4,8 +4,11 @@ Such an optimizer has `train()` and `eval()` methods (the convention of the `sch
 package): `eval()` puts the model's parameters at the point to evaluate (schedule-free: the
 average), `train()` back at the point the next gradient is taken. The loop calls `eval()` around
 every held-out evaluation and checkpoint, so saved weights are the ones to evaluate, fine-tune
-and export; a resumed run calls `train()` after loading, which recomputes the training point from
-the saved one exactly as the uninterrupted run did after saving: resume stays bit-exact.
+and export; a resumed run calls `train()` after loading. Resume is bit-exact when `train()` gives
+back the training point bit for bit: the lerp of the `schedulefree` package does not (an
+evaluation would then perturb the run, and a checkpoint written at a step the uninterrupted run
+did not save at would resume elsewhere), so an optimizer keeps the training point in its state
+while in eval mode (examples/budgetlm-example-plugin: `AdamWScheduleFreeExact`).
 Optimizers without the two methods are left alone.
 """
 

@@ -61,6 +61,7 @@ def rst_pricing(
     # Resumed after a growth: what is left from here; a shape grown otherwise (`budgetlm
     # grow`): that shape and what the methods grow it into.
     shapes = shapes[shapes.index(shape) :] if shape in shapes else run_shapes(cfg, shape)
+    uncovered: list[tuple[ModelShape, str]] = []
     for used in shapes:
         probe = Work(passes=(forward_pass(used, 1, None),), tokens=0, optimizer=cfg.optim.name)
         try:
@@ -70,7 +71,9 @@ def rst_pricing(
                 return table, None  # not covered: RST is simply not logged for this run
             if used == shape:
                 raise ConfigError(str(e)) from e
-            raise ConfigError(_growth_not_covered(cfg, start, used, str(e))) from e
+            uncovered.append((used, str(e)))
+    if uncovered:
+        raise ConfigError(_method_shapes_not_covered(cfg, start, uncovered))
     return table, cost
 
 
@@ -99,19 +102,27 @@ def configured_shape(cfg: Config, shape: ModelShape) -> ModelShape:
     return dataclasses.replace(base, vocab_size=shape.vocab_size, target_len=shape.target_len)
 
 
-def _growth_not_covered(cfg: Config, start: ModelShape, target: ModelShape, why: str) -> str:
-    """The refusal of a growth target the table does not price, with the command measuring it."""
-    changed = [
-        f"model.{f.name}={getattr(target, f.name)}"
-        for f in dataclasses.fields(target)
-        if getattr(target, f.name) != getattr(start, f.name)
-    ]
+def _method_shapes_not_covered(
+    cfg: Config, start: ModelShape, uncovered: list[tuple[ModelShape, str]]
+) -> str:
+    """The refusal of shapes the run's methods train (a growth target, a warm-up's shorter
+    sequences) that the table does not price: every one of them, each with its command."""
+    lines = []
+    for target, why in uncovered:
+        changed = " ".join(
+            f"model.{f.name}={getattr(target, f.name)}"
+            for f in dataclasses.fields(target)
+            if getattr(target, f.name) != getattr(start, f.name)
+        )
+        lines.append(
+            f"the run's config with {changed} ({why}): `budgetlm calibrate CONFIG --set "
+            f"{changed} --out TABLE.json`"
+        )
     return (
-        f"refused before the run starts: method={cfg.method} grows the model into a shape "
-        f"that the RST budget must price: {why}. The grown shape is the run's config with "
-        f"{' '.join(changed)}: measure it with `budgetlm calibrate CONFIG --set "
-        f"{' '.join(changed)} --out TABLE.json` (TABLE.json is extended if it exists; measure "
-        "the starting shape into it too)"
+        f"refused before the run starts: method={cfg.method} also trains the model at "
+        f"{len(uncovered)} shape(s) that the RST budget must price and the table does not: "
+        + "; ".join(lines)
+        + " (TABLE.json is extended if it exists; measure the starting shape into it too)"
     )
 
 

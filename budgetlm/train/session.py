@@ -218,9 +218,27 @@ def _prepare_data(cfg: Config, dist: Dist, progress: bool) -> DataBundle:
 
 def _build_methods(cfg: Config, given: Sequence[Method], context: RunContext) -> list[Method]:
     try:
+        _check_optimizer_accepts(cfg)
         return [*given, *build_methods(cfg.method, cfg.methods, context)]
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def _check_optimizer_accepts(cfg: Config) -> None:
+    """Refuse a method the optimizer lists in `incompatible` (by the method's `name` or as
+    written), before any method is built: a method that cannot be built either (RHO-loss without
+    its table) would otherwise hide the refusal."""
+    from budgetlm.methods import method_classes
+
+    refused = set(getattr(optimizer_module(cfg.optim.name), "incompatible", ()))
+    if not refused:
+        return
+    classes = method_classes(cfg.method)
+    named = set(classes) | {cls.name for cls in classes.values()}
+    if refused & named:
+        raise ConfigError(
+            f"optimizer {cfg.optim.name!r} cannot be combined with method {sorted(refused & named)}"
+        )
 
 
 def _build_state(
@@ -248,11 +266,6 @@ def _build_state(
     except ValueError as e:
         raise ConfigError(f"optim: {e}") from e
     module = optimizer_module(cfg.optim.name)
-    refused = set(getattr(module, "incompatible", ())) & {m.name for m in methods}
-    if refused:
-        raise ConfigError(
-            f"optimizer {cfg.optim.name!r} cannot be combined with method {sorted(refused)}"
-        )
     if module is not None and hasattr(module, "method_for"):
         companion = module.method_for(optimizer, context)
         if companion is not None:

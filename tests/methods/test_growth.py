@@ -373,7 +373,7 @@ def test_an_rst_budget_refuses_a_growth_target_the_table_does_not_price(tmp_path
     with pytest.raises(ConfigError) as refused:
         open_run(cfg, progress=False)
     message = str(refused.value)
-    assert "refused before the run starts: method=staged grows the model" in message
+    assert "method=staged also trains the model at 1 shape" in message
     assert "n_layers=8" in message and "does not cover" in message  # the shape, named
     assert "budgetlm calibrate CONFIG --set model.n_layers=8 --out TABLE.json" in message
     assert "rst.fallback=flops" in message
