@@ -2,8 +2,9 @@
 
 A cell is an ordinary run directory (train with the one loop, `--resume auto` semantics) plus
 `cell.yaml`, the config the grid wants there. The process
-- holds `CELL_DIR/.lock` while it works, so a leftover process of a killed grid and its
-  re-run never train the same cell at once (the re-run waits for it);
+- holds `CELL_DIR/.lock` while it works (a lock file that works on shared file systems:
+  train/shared_lock.py), so a leftover process of a killed grid and its re-run never train the
+  same cell at once (the re-run waits for it, on any host);
 - then, while it trains, the run lock of its run folder (train/run_lock.py: `.run.lock` in the
   same folder), the one every training process takes: a `budgetlm train --resume auto` by hand
   on the cell's folder meanwhile is refused (exit 4), and the cell's own `open_run` re-enters
@@ -16,12 +17,19 @@ A cell is an ordinary run directory (train with the one loop, `--resume auto` se
 - writes `error.json` (type, message, traceback) when the run fails, and exits 1 (2 for a bad
   config: retrying cannot help), 130 when stopped by a signal (its checkpoint is kept);
 - stops like Ctrl-C when its parent grid process dies, so a killed grid leaves no orphans.
+
+A cell on several devices runs the same module under torchrun, one process per device
+(`python -m torch.distributed.run --standalone --nproc-per-node K -m budgetlm.compare.run.cell
+CELL_DIR`; executors/local.py with `--gpus-per-cell K`), DDP or FSDP2 as its `train.parallel`
+says. Rank 0 alone does all of the above that is not training (the locks, the IL table, the
+files, the fine-tuning) and tells the other ranks whether to train; it records its exit code in
+`.ranks-exit` (torchrun's own is 1 whatever the ranks returned), and every rank also stops when
+the grid process (BUDGETLM_GRID_PID) is gone, since their parent, the torchrun agent, outlives it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -31,26 +39,36 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from budgetlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
+from budgetlm.train.shared_lock import SharedLock
 
 CELL_CONFIG = "cell.yaml"
 ERROR_FILE = "error.json"
 FINETUNE_SPEC = "cell-finetune.json"  # the experiment's `finetune:` section, when it has one
 FINETUNE_ERROR = "finetune-error.json"
 LOCK_FILE = ".lock"
+# Under torchrun (a cell on several devices): rank 0's exit code, since torchrun's own is 1
+# whatever the ranks returned (executors/local.py reads it), and the grid's pid, which the ranks
+# watch (their parent, the torchrun agent, outlives a killed grid).
+RANKS_EXIT_FILE = ".ranks-exit"
+GRID_PID_ENV = "BUDGETLM_GRID_PID"
 
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock, released by the OS when the process dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """An exclusive lock that works on a shared file system (train/shared_lock.py): waits while
+    a live process holds it; takes over one whose process died on this machine, or whose
+    heartbeat stopped on any host (a killed cell's lock goes stale by itself)."""
+
+    def waiting(owner: str) -> None:
+        print(f"waiting for the lock {path}, held by {owner}", file=sys.stderr)
+
+    with SharedLock(path).acquire(on_wait=waiting) as lock:
+        if lock.took_over:
+            print(f"warning: took over the lock {path} from {lock.took_over}", file=sys.stderr)
+        yield
 
 
 def _stop_when_orphaned(poll_seconds: float = 0.2) -> None:
@@ -82,11 +100,7 @@ def write_error(
 
 def run_cell(cell_dir: Path) -> int:
     from budgetlm.config import load_config
-    from budgetlm.errors import user_errors
-    from budgetlm.registry import parse_method_spec
-    from budgetlm.train.resume import nothing_to_resume
-    from budgetlm.train.run_lock import acquire as run_lock
-    from budgetlm.train.session import default_run_dir, finished_summary, open_run
+    from budgetlm.train.session import finished_summary
 
     with file_lock(cell_dir / LOCK_FILE):
         cfg = load_config(cell_dir / CELL_CONFIG)
@@ -94,38 +108,164 @@ def run_cell(cell_dir: Path) -> int:
             return finetune_cell(cell_dir)
         (cell_dir / ERROR_FILE).unlink(missing_ok=True)
         try:
-            with run_lock(default_run_dir(cfg)):
-                if "rho_loss" in parse_method_spec(cfg.method):
-                    from budgetlm.train.irreducible import prepare_il_table
-
-                    with file_lock(Path(cfg.run.out_dir) / "rho" / LOCK_FILE):
-                        prepare_il_table(cfg, progress=False)
-                # The grid owns the cell's folder: an attempt killed before its first complete
-                # checkpoint (out of memory, SIGKILL) has nothing to resume and starts over,
-                # its files moved to previous/ (a run by hand would be refused instead).
-                restart = nothing_to_resume(default_run_dir(cfg))
-                if restart:
-                    print("cell: no checkpoint to resume; starting over", file=sys.stderr)
-                trainer = open_run(
-                    cfg, resume=None if restart else "auto", restart=restart, progress=False
-                )
-                try:
-                    summary = trainer.run()
-                finally:
-                    trainer.log.close()
-                if summary["status"] == "finished":
-                    record_shape(cell_dir, cfg, trainer.state.model.shape)
+            with _run_lock(cfg):
+                _prepare_il_table(cfg)
+                summary = _train(cell_dir, cfg, restart=_nothing_to_resume(cfg))
         except Exception as e:
-            if type(e).__name__ == "ILRunStopped":  # the IL model's run was asked to stop
-                return EXIT_INTERRUPTED
-            user_error = isinstance(e, user_errors())
-            write_error(cell_dir, e, user_error)
-            print(f"cell failed: {type(e).__name__}: {e}", file=sys.stderr)
-            return exit_code_for(e) if user_error else EXIT_FAILED
-        if summary["status"] != "finished":
-            return EXIT_INTERRUPTED
-        print(f"cell finished: held-out loss {summary['final_val_loss']}", file=sys.stderr)
-        return finetune_cell(cell_dir)
+            return _failed(cell_dir, e)
+        return _trained(summary, cell_dir)
+
+
+def run_cell_ranks(cell_dir: Path, rank: int) -> int:
+    """A cell on several processes, under torchrun (`budgetlm compare --gpus-per-cell K`,
+    executors/local.py). Rank 0 does what a single cell process does before and after training:
+    takes the cell and run locks, prepares the RHO-loss IL table (on its own device, as one
+    process: the other ranks wait to join, within the 30 minutes the process group allows),
+    decides between resuming and starting over, writes error.json and shape.json, fine-tunes.
+    It then tells the other ranks whether to train; they resume from the checkpoint rank 0
+    resumes from (`--resume auto`, once rank 0 has tidied the folder) and write nothing."""
+    from budgetlm.config import load_config
+    from budgetlm.train.session import finished_summary
+
+    cfg = load_config(cell_dir / CELL_CONFIG)
+    if rank != 0:
+        return _follow(cell_dir, cfg)
+    with file_lock(cell_dir / LOCK_FILE):
+        if finished_summary(cfg) is not None:
+            _share(cfg, "done")
+            _leave()
+            return finetune_cell(cell_dir)
+        (cell_dir / ERROR_FILE).unlink(missing_ok=True)
+        try:
+            with _run_lock(cfg):
+                try:
+                    with _single_process():
+                        _prepare_il_table(cfg)
+                    restart = _nothing_to_resume(cfg)
+                except Exception:
+                    _share(cfg, "done")
+                    raise
+                _share(cfg, "train")
+                summary = _train(cell_dir, cfg, restart=restart)
+        except Exception as e:
+            return _failed(cell_dir, e)
+        finally:
+            _leave()
+        return _trained(summary, cell_dir)
+
+
+def _follow(cell_dir: Path, cfg: Any) -> int:
+    """A rank other than 0: train if rank 0 says so; write nothing."""
+    from budgetlm.errors import user_errors
+
+    try:
+        if _share(cfg, None) != "train":
+            return 0  # finished, or rank 0 failed before training and says why
+        summary = _train(cell_dir, cfg, restart=False)
+    except Exception as e:
+        print(f"cell rank failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return exit_code_for(e) if isinstance(e, user_errors()) else EXIT_FAILED
+    finally:
+        _leave()
+    return EXIT_INTERRUPTED if summary["status"] != "finished" else 0
+
+
+def _share(cfg: Any, decision: str | None) -> str:
+    """Join torchrun's process group (open_run finds it joined) and learn rank 0's decision."""
+    import torch.distributed as torch_dist
+
+    from budgetlm.train.runtime import setup_runtime
+
+    setup_runtime(cfg.train)
+    box = [decision]
+    torch_dist.broadcast_object_list(box, src=0)
+    return str(box[0])
+
+
+def _leave() -> None:
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _single_process() -> Iterator[None]:
+    """Hide torchrun's variables: what runs inside (the IL model's run) is one process."""
+    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    os.environ.update({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_lock(cfg: Any) -> contextlib.AbstractContextManager:
+    from budgetlm.train.run_lock import acquire
+    from budgetlm.train.session import default_run_dir
+
+    return acquire(default_run_dir(cfg))
+
+
+def _prepare_il_table(cfg: Any) -> None:
+    """The RHO-loss IL table, when the arm needs one (under a lock: cells of a seed share it)."""
+    from budgetlm.registry import parse_method_spec
+
+    if "rho_loss" in parse_method_spec(cfg.method):
+        from budgetlm.train.irreducible import prepare_il_table
+
+        with file_lock(Path(cfg.run.out_dir) / "rho" / LOCK_FILE):
+            prepare_il_table(cfg, progress=False)
+
+
+def _nothing_to_resume(cfg: Any) -> bool:
+    """The grid owns the cell's folder: an attempt killed before its first complete checkpoint
+    (out of memory, SIGKILL) has nothing to resume and starts over, its files moved to
+    previous/ (a run by hand would be refused instead)."""
+    from budgetlm.train.resume import nothing_to_resume
+    from budgetlm.train.session import default_run_dir
+
+    return nothing_to_resume(default_run_dir(cfg))
+
+
+def _train(cell_dir: Path, cfg: Any, restart: bool) -> dict:
+    from budgetlm.train.session import open_run
+
+    if restart:
+        print("cell: no checkpoint to resume; starting over", file=sys.stderr)
+    trainer = open_run(cfg, resume=None if restart else "auto", restart=restart, progress=False)
+    try:
+        summary = trainer.run()
+        # Under torchrun every rank is done before any tears its connections down.
+        trainer.dist.barrier()
+    finally:
+        if trainer.log is not None:
+            trainer.log.close()
+    if summary["status"] == "finished" and trainer.dist.is_main:
+        record_shape(cell_dir, cfg, trainer.state.model.shape)
+    return summary
+
+
+def _failed(cell_dir: Path, e: Exception) -> int:
+    from budgetlm.errors import user_errors
+
+    if type(e).__name__ == "ILRunStopped":  # the IL model's run was asked to stop
+        return EXIT_INTERRUPTED
+    user_error = isinstance(e, user_errors())
+    write_error(cell_dir, e, user_error)
+    print(f"cell failed: {type(e).__name__}: {e}", file=sys.stderr)
+    return exit_code_for(e) if user_error else EXIT_FAILED
+
+
+def _trained(summary: dict, cell_dir: Path) -> int:
+    if summary["status"] != "finished":
+        return EXIT_INTERRUPTED
+    print(f"cell finished: held-out loss {summary['final_val_loss']}", file=sys.stderr)
+    return finetune_cell(cell_dir)
 
 
 def record_shape(cell_dir: Path, cfg: object, end: object) -> None:
@@ -179,13 +319,57 @@ def finetune_cell(cell_dir: Path) -> int:
     return 0
 
 
+def _place() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them; (0, 1) for a cell on one process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _stop_when_gone(pid: int, poll_seconds: float = 0.2) -> None:
+    """Under torchrun a rank's parent is the torchrun agent, which outlives a killed grid: stop
+    too (with a checkpoint) once the grid process `pid` is gone."""
+
+    def alive() -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
+        except FileNotFoundError:
+            return False
+        except (OSError, IndexError):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+
+    def watch() -> None:
+        while alive():
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="grid-watch").start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m budgetlm.compare.run.cell CELL_DIR", file=sys.stderr)
         return EXIT_USAGE
+    cell_dir = Path(args[0])
     _stop_when_orphaned()
-    return run_cell(Path(args[0]))
+    rank, world = _place()
+    if world == 1:
+        return run_cell(cell_dir)
+    # Under torchrun (a cell on several devices): every rank runs this; rank 0 decides.
+    if grid := os.environ.get(GRID_PID_ENV):
+        _stop_when_gone(int(grid))
+    code = run_cell_ranks(cell_dir, rank)
+    if rank == 0:  # torchrun exits 1 whatever the ranks return: the grid reads this instead
+        tmp = cell_dir / f".{RANKS_EXIT_FILE}.tmp"
+        tmp.write_text(f"{code}\n")
+        os.replace(tmp, cell_dir / RANKS_EXIT_FILE)
+    return code
 
 
 if __name__ == "__main__":

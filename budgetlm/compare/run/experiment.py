@@ -29,6 +29,7 @@ EXPERIMENT_KEYS = (
     "tuning",
     "stats",
     "finetune",
+    "executor",
 )
 FINETUNE_KEYS = (
     "suite",
@@ -145,6 +146,9 @@ class Experiment:
     description: str = ""
     source: Path | None = None
     finetune: dict[str, Any] | None = None  # fine-tune every finished cell (docs/finetune.md)
+    # Where its cells run by default (`executor:`, checked; the command line wins). Not part of
+    # the experiment's record: where a cell ran changes nothing it trains.
+    executor: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.tuning is None:

@@ -87,6 +87,7 @@ def experiment_from_dict(
         stats=_stats(raw),
         source=source,
         finetune=_finetune(raw.get("finetune"), root),
+        executor=_executor(raw),
     )
     return _with_default_grids(exp)
 
@@ -238,6 +239,36 @@ def _stats(raw: dict) -> StatsSpec:
         if not isinstance(value, int | float) or not 0 < value < 1:
             raise ExperimentError(f"stats.{key} must be a number in (0, 1), got {value!r}")
     return stats
+
+
+def _executor(raw: dict) -> dict[str, Any]:
+    """The `executor:` section: where cells run unless the command line says otherwise. Its
+    options must be ones its executor (`name`, default local) uses."""
+    from budgetlm.compare.run.executors import (
+        SECTION_KEYS,
+        ExecutorError,
+        check_applies,
+        check_jobs,
+        check_name,
+        check_option,
+    )
+
+    section = _mapping(raw, "executor", "a mapping (name, jobs, gpus, partition, ...)")
+    _check_keys(section, SECTION_KEYS, "executor.")
+    try:
+        name = check_name(section.get("name", "local"), "executor.name")
+        out: dict[str, Any] = {"name": name} if "name" in section else {}
+        if section.get("jobs") is not None:
+            out["jobs"] = check_jobs(section["jobs"], "executor.jobs")
+        options = {
+            key: check_option(key, value, f"executor.{key}")
+            for key, value in section.items()
+            if key not in ("name", "jobs")
+        }
+        check_applies(name, options, flags=False)
+    except ExecutorError as e:
+        raise ExperimentError(str(e)) from e
+    return {**out, **{k: v for k, v in options.items() if v is not None}}
 
 
 def check_cells(exp: Experiment) -> None:

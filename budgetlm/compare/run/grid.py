@@ -1,5 +1,11 @@
 """Run an experiment's grid of cells, each in its own process, resumably, `jobs` at a time.
 
+The grid decides what runs and in which order (tuning cells first, extensions of a search as
+its results ask for them, then the judged seeds of tuned arms); an executor (executors/)
+decides where: local processes by default (each with its own GPUs with `--gpus`), Slurm jobs,
+Ray tasks. The random-init control (control.py) always runs here, as a local process, once the
+cells are done.
+
 Layout of the output folder:
     experiment.json         the experiment as resolved (what `budgetlm report` reads)
     cells/<arm>/<budget>/[lr<x>/]seed<k>/   one ordinary run directory per cell (+ cell.yaml)
@@ -16,12 +22,10 @@ experiment is refused unless `rerun_changed` discards it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -42,9 +46,12 @@ from budgetlm.compare.run.cell import (
     write_error,
 )
 from budgetlm.compare.run.control import control_dir, prepare_control, run_control_process
+from budgetlm.compare.run.executors.base import CellHandle, CellLaunch, Executor
+from budgetlm.compare.run.executors.local import LocalExecutor, LocalHandle
 from budgetlm.compare.run.experiment import Cell, Experiment, ExperimentError
 from budgetlm.config import Config, dump_yaml, resume_drift
 from budgetlm.finetune.store import has_results
+from budgetlm.train.shared_lock import LockBusy, SharedLock
 
 LOCK_FILE = ".compare.lock"
 EXPERIMENT_FILE = "experiment.json"
@@ -60,6 +67,10 @@ class GridOutcome:
     failed: list[Cell] = field(default_factory=list)
     interrupted: list[Cell] = field(default_factory=list)
     skipped: list[Cell] = field(default_factory=list)  # finished before this invocation
+    # An executor that does not wait (Slurm --no-wait): cells still queued or running when the
+    # grid returned, and cells it has yet to start; a re-run collects and starts them.
+    submitted: list[Cell] = field(default_factory=list)
+    queued: list[Cell] = field(default_factory=list)
     # The random-init control (with `finetune:`): none, finished, skipped, failed, interrupted.
     control: str = "none"
 
@@ -68,11 +79,16 @@ class GridOutcome:
         return bool(self.interrupted) or self.control == "interrupted"
 
 
-@dataclass
 class _Running:
-    cell: Cell
-    process: subprocess.Popen
-    log: Any
+    """A started cell. `handle` is the executor's CellHandle; a process-like object (poll,
+    send_signal, kill, wait) is wrapped in a LocalHandle with its log."""
+
+    def __init__(self, cell: Cell, handle: Any, log: Any = None) -> None:
+        self.cell = cell
+        self.handle: CellHandle = (
+            handle if isinstance(handle, CellHandle) else LocalHandle(handle, log)
+        )
+        self.started = time.monotonic()
 
 
 class GridRunner:
@@ -81,20 +97,28 @@ class GridRunner:
         exp: Experiment,
         out_dir: Path,
         *,
-        jobs: int = 1,
+        jobs: int | None = None,
         threads: int | None = None,
         progress: bool = True,
         retry_failed: bool = False,
         rerun_changed: bool = False,
         poll_seconds: float = 0.5,
+        executor: Executor | None = None,
     ) -> None:
-        if jobs < 1:
+        """`jobs`: cells at a time (default 1; with an `executor` given, its own limit alone
+        unless `jobs` is given too). `executor`: where cells run (default: local processes)."""
+        if jobs is not None and jobs < 1:
             raise ExperimentError("--jobs must be at least 1")
-        self.exp, self.out_dir, self.jobs = exp, Path(out_dir), jobs
-        self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        if executor is None:
+            jobs = jobs or 1
+            executor = LocalExecutor(jobs)
+        self.exp, self.out_dir, self.jobs, self.executor = exp, Path(out_dir), jobs, executor
+        self.threads = threads or max(1, (os.cpu_count() or 1) // (jobs or 1))
         self.progress, self.retry_failed, self.rerun_changed = progress, retry_failed, rerun_changed
         self.poll_seconds = poll_seconds
         self._stop_requests = 0
+        self._started = time.monotonic()
+        self._lines = False  # progress as lines (stderr is no terminal), set when the grid runs
 
     # -- public -----------------------------------------------------------------------------
     def run(self) -> GridOutcome:
@@ -103,28 +127,54 @@ class GridRunner:
         # Before anything is written: a shape the RST table cannot price fails its cells.
         check_rst_coverage(self.exp, progress=self.progress)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with self._exclusive(), self._signals():
+        try:
+            with self._exclusive(), self._signals():
+                self._write_experiment()
+                outcome = self._run_grid()
+                if not self._stop_requests and not (outcome.submitted or outcome.queued):
+                    outcome.control = self._run_control()
+                return outcome
+        finally:
+            self.executor.close()
+
+    def plan(self) -> list[tuple[Cell, str]]:
+        """Write the config of every cell known now (cell.yaml, and experiment.json), prepare
+        their data, and run nothing; return each cell with its state (todo, finished, failed),
+        tuning cells first. Known now: every tuning cell (and an extension its search's results
+        on disk ask for) and every untuned arm's cell; the judged seeds of a tuned arm only
+        once its tuning cells have finished and chosen its LR."""
+        from budgetlm.compare.run.shapes import check_rst_coverage
+
+        check_rst_coverage(self.exp, progress=self.progress)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with self._exclusive():
             self._write_experiment()
-            outcome = self._run_grid()
-            if not self._stop_requests:
-                outcome.control = self._run_control()
-            return outcome
+            known = [*self.exp.tuning_cells(), *self.exp.untuned_cells(), *self._called_for()]
+            cells = sorted(dict.fromkeys(known), key=lambda c: not self.exp.is_tuning_cell(c))
+            planned = [(cell, self._prepare_cell(cell)) for cell in cells]
+            todo = [cell for cell, state in planned if state == "todo"]
+            if todo:
+                self._prepare_data(todo)
+        return planned
 
     # -- setup ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        with open(self.out_dir / LOCK_FILE, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
-                raise GridBusy(
-                    f"another `budgetlm compare` is running on {self.out_dir}; wait for it or "
-                    "use another --out folder"
-                ) from e
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """`.compare.lock`, a lock that works on shared file systems (train/shared_lock.py)."""
+        try:
+            lock = SharedLock(self.out_dir / LOCK_FILE).acquire(blocking=False)
+        except LockBusy as e:
+            raise GridBusy(
+                f"another `budgetlm compare` is running on {self.out_dir}: {e.description}; "
+                "wait for it or use another --out folder"
+            ) from e
+        if lock.took_over:
+            print(
+                f"warning: took over {self.out_dir / LOCK_FILE} from {lock.took_over}",
+                file=sys.stderr,
+            )
+        with lock:
+            yield
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -169,6 +219,7 @@ class GridRunner:
                     "re-run with --rerun-changed to discard it, or use another --out folder"
                 )
             if changed:
+                self._refuse_if_in_flight(cell, run_dir)
                 shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CELL_CONFIG).write_text(dump_yaml(cfg))
@@ -185,6 +236,18 @@ class GridRunner:
         if result.status == "finished" and self._finetune_pending(result):
             return "todo"  # trained; its fine-tuning is still to do
         return result.status if result.status in ("finished", "failed") else "todo"
+
+    def _refuse_if_in_flight(self, cell: Cell, run_dir: Path) -> None:
+        """--rerun-changed never deletes the folder of a cell a cluster job still trains in
+        (an executor that re-attaches to jobs, Slurm's, knows)."""
+        attach = getattr(self.executor, "attach", None)
+        handle = attach(run_dir) if attach is not None else None
+        if handle is not None and handle.poll() is None:
+            handle.detach()
+            raise ExperimentError(
+                f"cell {cell.id} is still running ({handle.where}); wait for it or stop it "
+                "before --rerun-changed discards it"
+            )
 
     def _finetune_pending(self, result: Any) -> bool:
         if not self.exp.finetune or result.error is not None:
@@ -267,50 +330,82 @@ class GridRunner:
         if queue:
             self._prepare_data(queue)
 
+        self._started = time.monotonic()
         running: list[_Running] = []
+        # With a terminal: a bar. Without one (CI, nohup, a Slurm log): a line per event.
+        self._lines = self.progress and not _is_terminal(sys.stderr)
         bar = tqdm(
             total=len(known),
             initial=len(outcome.skipped) + len(outcome.failed),
             unit="cell",
-            disable=None if self.progress else True,
+            disable=None if self.progress and not self._lines else True,
             dynamic_ncols=True,
             desc=f"compare {self.exp.name}",
             bar_format="{l_bar}{bar}| {n:.1f}/{total} cells [{elapsed}<{remaining}{postfix}]",
         )
+        if self._lines:
+            self._say(
+                f"{len(known)} cells known now, {len(outcome.skipped)} finished before, "
+                f"{len(queue)} to run on {self.executor.describe()}"
+            )
         stopping_sent = False
         try:
             while (queue and not self._stop_requests) or running:
                 if self._stop_requests and not stopping_sent:
                     queue.clear()  # nothing new starts; running cells checkpoint and exit
                     for r in running:
-                        with contextlib.suppress(ProcessLookupError):
-                            r.process.send_signal(signal.SIGTERM)
+                        r.handle.stop()
                     stopping_sent = True
-                while queue and len(running) < self.jobs and not self._stop_requests:
-                    running.append(self._launch(queue.pop(0)))
+                while queue and not self._stop_requests and self._may_start(running):
+                    r = self._launch(queue.pop(0))
+                    running.append(r)
+                    self._event("started", r, outcome, known, running, queue)
                 time.sleep(self.poll_seconds)
-                for r in [r for r in running if r.process.poll() is not None]:
+                ended = [r for r in running if r.handle.poll() is not None]
+                for r in ended:
                     running.remove(r)
                     self._collect(r, outcome)
+                    self._event(self._state_of(r, outcome), r, outcome, known, running, queue)
                     add(self._called_for())
+                if not ended and self._leave_running(running, queue):
+                    # An executor that does not wait, and nothing more to do now: the cells
+                    # go on without us; a re-run collects them.
+                    for r in running:
+                        r.handle.detach()
+                    outcome.submitted = [r.cell for r in running]
+                    outcome.queued = list(queue)
+                    running.clear()
+                    break
                 done = len(outcome.finished) + len(outcome.skipped) + len(outcome.failed)
                 live = sum(read_cell(r.cell, self.out_dir, False).progress for r in running)
                 bar.total = len(known)
                 bar.n = round(done + live, 2)
+                where = "; ".join(dict.fromkeys(r.handle.where for r in running))
                 bar.set_postfix_str(
-                    f"{len(running)} running, {len(outcome.failed)} failed", refresh=False
+                    f"{len(running)} running{f' ({where})' if where else ''}, "
+                    f"{len(outcome.failed)} failed",
+                    refresh=False,
                 )
                 bar.refresh()
         except KeyboardInterrupt:
             for r in running:
-                with contextlib.suppress(ProcessLookupError):
-                    r.process.kill()
-                r.process.wait()
+                r.handle.kill()
+                r.handle.close()
                 outcome.interrupted.append(r.cell)
             raise
         finally:
             bar.close()
         return outcome
+
+    def _leave_running(self, running: list[_Running], queue: list[Cell]) -> bool:
+        if self.executor.waits or self._stop_requests or not running:
+            return False
+        return not (queue and self._may_start(running))
+
+    def _may_start(self, running: list[_Running]) -> bool:
+        if self.jobs is not None and len(running) >= self.jobs:
+            return False
+        return self.executor.free_slots() > 0
 
     def _newly_judged(self) -> list[Cell]:
         cells: list[Cell] = []
@@ -319,29 +414,13 @@ class GridRunner:
         return cells
 
     def _launch(self, cell: Cell) -> _Running:
-        run_dir = self.out_dir / "cells" / cell.id
-        log = open(run_dir / "cell.log", "a")  # noqa: SIM115 - closed when the cell ends
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} cell {cell.id}\n")
-        log.flush()
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(self.threads),
-            "MKL_NUM_THREADS": str(self.threads),
-            "PYTHONUNBUFFERED": "1",
-        }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "budgetlm.compare.run.cell", str(run_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            # Its own session: a Ctrl-C reaches the grid, which asks each cell to stop once.
-            start_new_session=True,
-        )
-        return _Running(cell, process, log)
+        launch = CellLaunch(cell.id, self.out_dir / "cells" / cell.id, self.threads)
+        return _Running(cell, self.executor.start(launch))
 
     def _collect(self, r: _Running, outcome: GridOutcome) -> None:
-        r.log.close()
-        code = r.process.returncode
+        code = r.handle.poll()
+        r.handle.close()
+        code = 1 if code is None else code
         result = read_cell(r.cell, self.out_dir, with_curve=False)
         state = result.status
         if state == "finished" and result.error is None:
@@ -355,13 +434,59 @@ class GridRunner:
                 how = f"signal {-code}" if code < 0 else f"exit code {code}"
                 write_error(
                     self.out_dir / "cells" / r.cell.id,
-                    RuntimeError(f"the cell process ended with {how}; see cell.log"),
+                    RuntimeError(f"the cell ended with {how} on {r.handle.where}; see cell.log"),
                     user_error=False,
                 )
             outcome.failed.append(r.cell)
-            if self.progress:
+            if self.progress and not self._lines:
                 message = read_cell(r.cell, self.out_dir, False).error or {}
                 tqdm.write(
                     f"cell {r.cell.id} failed: {message.get('type')}: {message.get('message')}",
                     file=sys.stderr,
                 )
+
+    # -- progress lines (stderr is no terminal) ---------------------------------------------
+    @staticmethod
+    def _state_of(r: _Running, outcome: GridOutcome) -> str:
+        if r.cell in outcome.interrupted:
+            return "stopped"
+        return "failed" if r.cell in outcome.failed else "finished"
+
+    def _event(
+        self,
+        what: str,
+        r: _Running,
+        outcome: GridOutcome,
+        known: set[Cell],
+        running: list[_Running],
+        queue: list[Cell],
+    ) -> None:
+        """One line: what happened to which cell, where, and how far the grid is."""
+        if not self._lines:
+            return
+        line = f"{what} {r.cell.id} on {r.handle.where}"
+        if what != "started":
+            line += f" after {_clock(time.monotonic() - r.started)}"
+        if what == "failed":
+            error = read_cell(r.cell, self.out_dir, False).error or {}
+            message = " ".join(str(error.get("message")).split())  # one line, whatever it holds
+            line += f": {error.get('type')}: {message}"
+        done = len(outcome.finished) + len(outcome.skipped) + len(outcome.failed)
+        self._say(f"{line} ({done}/{len(known)} done, {len(running)} running, {len(queue)} queued)")
+
+    def _say(self, text: str) -> None:
+        elapsed = _clock(time.monotonic() - self._started)
+        print(f"compare {self.exp.name} [{elapsed}] {text}", file=sys.stderr, flush=True)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
