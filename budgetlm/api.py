@@ -93,11 +93,19 @@ class Method:
     declare `incompatible` (methods it cannot be combined with), `families` (the model families
     it supports) and `event_points` (where it changes the run; the conformance suite resumes
     around each). docs/your-method.md walks through writing one.
+
+    `leaves_parameters_unused` must be True for a method after which some parameters get no
+    gradient in some steps (layers it drops or has not stacked yet, via `StepPlan.active`):
+    under DDP the loop then wraps the model with `find_unused_parameters=True`, which costs a
+    search of the autograd graph every step, so it is False by default. A method that runs
+    every layer (batch selection, growth, a shorter sequence) leaves it False; one that skips
+    parameters without declaring it fails under DDP at its second step.
     """
 
     name: str = "method"
     incompatible: tuple[str, ...] = ()
     families: tuple[str, ...] = ("gpt", "bert", "t5")
+    leaves_parameters_unused: bool = False
 
     @classmethod
     def event_points(cls, options: Any) -> list[float]:

@@ -174,7 +174,7 @@ class TrainConfig:
     precision: str = "auto"
     """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`"""
     compile: bool = False
-    """wrap the model in `torch.compile`"""
+    """compile each transformer block with `torch.compile` (docs/compile.md)"""
     threads: int | None = None
     """CPU threads for torch; default: torch's own choice"""
     parallel: str = "auto"

@@ -8,7 +8,8 @@ A prepared dataset is a directory::
     test.bin         tune for choosing hyper-parameters, test for judging (docs/data.md)
     meta.json        what was built and from what, and the manifest (`files`): the size and
                      checksum of every other file
-    .verified.json   which shards were last hashed whole, at what size, mtime and inode
+    .verified.json   which shards were last hashed whole, at what size, mtime, ctime and inode,
+                     and the corpus's stat signature when its fingerprint was last computed
 
 The held-out documents are those the old single validation split held (`val_fraction`, by a
 hash of the text), each sent to tune or test by other bits of the same hash; on a small corpus
@@ -20,6 +21,17 @@ By default it lives in ``<cache_root>/datasets/<corpus>-<tokenizer>-<vocab>-<key
 the directory, and changing the data or any setting builds a new one. The cache root is
 ``$BUDGETLM_CACHE`` or ``~/.cache/budgetlm``.
 
+Finding it is cheap: the corpus fingerprint hashes every corpus file, so it is computed only
+when the corpus's stat signature (``sources.corpus_signature``: each file's path, size, mtime,
+ctime and inode, and the source settings) is not the one a matching dataset recorded in its
+stamp, or when ``verify`` asks (``budgetlm prepare``). A start with an unchanged corpus opens no
+corpus file. The key itself still hashes contents, so a touched but unchanged corpus keeps its
+dataset (hashed once more, then remembered again).
+
+Building reads and parses the corpus once: its documents are spilled to a file in the new folder
+(``.documents.spill``, about the size of the text, deleted before the folder is installed) and
+the tokenizer and the encoder read them back.
+
 Building happens in a hidden sibling folder that is renamed into place once complete, so a
 build that fails (an empty or binary corpus) or is interrupted leaves no dataset folder behind.
 Building is deterministic, so two processes racing to build the same directory make identical
@@ -27,11 +39,12 @@ files; the first to finish installs its folder and the other discards its own.
 
 Verifying: every process start checks what is cheap (`verify_dataset(full=False)`, and lazily
 `PreparedDataset.tokens`): the tokenizer's checksum (a small file), each shard's size and header,
-and the whole payload hash only of a shard whose size, mtime or inode changed since it was last
-hashed (`.verified.json`). A shard of gigabytes is therefore hashed once, not at every start,
-and a file written or replaced since is still caught. What stat cannot see (a bit flipped in
-place with its mtime kept) is caught by `budgetlm prepare`, which hashes everything
-(`full=True`) and rebuilds a corrupted dataset from its corpus.
+and the whole payload hash only of a shard whose size, mtime, ctime or inode changed since it
+was last hashed (`.verified.json`). A shard of gigabytes is therefore hashed once, not at every
+start, and a file written or replaced since is still caught, even when the write put its old
+mtime back (the ctime cannot be set back). What stat cannot see (a bit rotting on the medium)
+is caught by `budgetlm prepare`, which hashes everything (`full=True`) and rebuilds a corrupted
+dataset from its corpus.
 """
 
 from __future__ import annotations
@@ -46,13 +59,14 @@ import re
 import secrets
 import shutil
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -64,6 +78,7 @@ from .sources import (
     HELDOUT_SPLITS,
     NAMED_CORPORA,
     corpus_fingerprint,
+    corpus_signature,
     heldout_cuts,
     iter_documents,
     split_of,
@@ -83,6 +98,11 @@ GPT2_VOCAB = 50257
 _ENCODE_DOCS = 1024  # documents per encode_batch call: enough to keep the Rust threads busy
 TOKENIZER_FILE = "tokenizer.json"
 STAMP_FILE = ".verified.json"
+# In the stamp: the corpus's stat signature when its fingerprint was last computed (or reused).
+CORPUS_MEMO = "corpus"
+# The corpus's documents, read once while building: each a uint64 length and its UTF-8 bytes.
+SPILL_FILE = ".documents.spill"
+_SPILL_LENGTH = struct.Struct("<Q")
 # What may be found in a dataset folder (val.bin: datasets from before tune and test), so that
 # rebuilding one in place never deletes anything else.
 _DATASET_NAMES = {"meta.json", TOKENIZER_FILE, STAMP_FILE, "val.bin", *(f"{s}.bin" for s in SPLITS)}
@@ -142,30 +162,17 @@ def prepare_dataset(
     refuses to build anything but that dataset (rebuilding one in place: its corpus must not
     have changed).
     """
-    for key in source_kwargs:
-        if key not in SOURCE_KWARGS:
-            close = difflib.get_close_matches(key, SOURCE_KWARGS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"unknown source option {key!r} (expected {SOURCE_KWARGS}){hint}")
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if heldout_min_documents < 1:
-        raise DatasetError(f"heldout_min_documents must be >= 1, got {heldout_min_documents}")
-    if vocab_size < 1:
-        raise DatasetError(f"vocab_size must be >= 1, got {vocab_size}")
-    if max_bytes is not None and max_bytes < 1:
-        raise DatasetError(f"max_bytes must be >= 1, got {max_bytes}")
-    if tokenizer == "gpt2" and vocab_size != GPT2_VOCAB:
-        raise DatasetError(
-            f"tokenizer 'gpt2' has a fixed vocabulary of {GPT2_VOCAB}, not {vocab_size}"
-        )
-
-    fingerprint = corpus_fingerprint(corpus, max_bytes=max_bytes, **source_kwargs)
+    _check_arguments(
+        tokenizer, vocab_size, val_fraction, heldout_min_documents, max_bytes, source_kwargs
+    )
+    # The corpus's stat signature comes first (no file is opened), before anything reads it: a
+    # file written while this runs changes it, and the next start hashes the corpus again.
+    signature = corpus_signature(corpus, max_bytes=max_bytes, **source_kwargs)
     settings = {
         "meta_version": META_VERSION,
         "format_version": FORMAT_VERSION,
         "corpus": corpus,
-        "fingerprint": fingerprint,
+        "fingerprint": None,
         "tokenizer": tokenizer,
         "requested_vocab_size": vocab_size,
         "val_fraction": val_fraction,
@@ -173,21 +180,40 @@ def prepare_dataset(
         "max_bytes": max_bytes,
         "source_kwargs": source_kwargs,
     }
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+    def key_of(fingerprint: str) -> str:
+        return _key({**settings, "fingerprint": fingerprint})
+
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    prefix = f"{_slug(corpus)}-{tokenizer}-{vocab_size}-"
+    fingerprint = None
+    if not verify and expected_key is None:
+        # The cheap path: a dataset that recorded this signature gives the fingerprint.
+        fingerprint = _remembered_fingerprint(
+            [Path(out_dir)] if out_dir is not None else _cached_candidates(root, prefix),
+            signature,
+            key_of,
+            None if out_dir is not None else prefix,
+        )
+    if fingerprint is None:
+        fingerprint = corpus_fingerprint(corpus, max_bytes=max_bytes, **source_kwargs)
+    settings["fingerprint"] = fingerprint
+    key = key_of(fingerprint)
     if out_dir is None:
-        root = Path(cache_root) if cache_root is not None else default_cache_root()
-        out_dir = root / "datasets" / f"{_slug(corpus)}-{tokenizer}-{vocab_size}-{key[:12]}"
+        out_dir = root / "datasets" / f"{prefix}{key[:12]}"
     out_dir = Path(out_dir)
     if expected_key is not None and key != expected_key:
         raise DatasetError(
             f"cannot rebuild {out_dir} as it was: its corpus {corpus!r} is not the one it was "
             f"prepared from (its content changed since). Delete {out_dir} and prepare it again"
         )
+    memo = {"signature": signature, "fingerprint": fingerprint}
     existing = _read_meta(out_dir)
     corrupt = None
     if existing is not None and existing.get("key") == key:
         try:
             verify_dataset(out_dir, existing, full=verify)
+            _remember_corpus(out_dir, memo)
             return out_dir
         except DatasetCorrupt as e:
             corrupt = e
@@ -211,6 +237,7 @@ def prepare_dataset(
             progress,
         )
         meta = {**settings, "key": key, **built}
+        _write_stamp(tmp, {**_read_stamp(tmp), CORPUS_MEMO: memo}, atomic=False)
         _write_meta(tmp, meta)  # last: within the folder too, its presence marks it complete
         _install(tmp, out_dir, key, replace_same_key=corrupt is not None)
     except BaseException:
@@ -219,6 +246,33 @@ def prepare_dataset(
     if corrupt is not None:
         _compare_rebuilt(out_dir, existing.get("files"), meta["files"])
     return out_dir
+
+
+def _check_arguments(
+    tokenizer: str,
+    vocab_size: int,
+    val_fraction: float,
+    heldout_min_documents: int,
+    max_bytes: int | None,
+    source_kwargs: dict[str, Any],
+) -> None:
+    for key in source_kwargs:
+        if key not in SOURCE_KWARGS:
+            close = difflib.get_close_matches(key, SOURCE_KWARGS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unknown source option {key!r} (expected {SOURCE_KWARGS}){hint}")
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if heldout_min_documents < 1:
+        raise DatasetError(f"heldout_min_documents must be >= 1, got {heldout_min_documents}")
+    if vocab_size < 1:
+        raise DatasetError(f"vocab_size must be >= 1, got {vocab_size}")
+    if max_bytes is not None and max_bytes < 1:
+        raise DatasetError(f"max_bytes must be >= 1, got {max_bytes}")
+    if tokenizer == "gpt2" and vocab_size != GPT2_VOCAB:
+        raise DatasetError(
+            f"tokenizer 'gpt2' has a fixed vocabulary of {GPT2_VOCAB}, not {vocab_size}"
+        )
 
 
 def _build(
@@ -233,12 +287,15 @@ def _build(
 ) -> dict[str, Any]:
     """Write tokenizer and shards into the new folder `tmp`; return the meta besides settings."""
     started = time.perf_counter()
-    # One pass over the hashes first: on a small corpus the floor moves documents out of train,
-    # and the tokenizer must not see them. It also refuses a corpus without enough text before
-    # any folder is made.
-    cuts = heldout_cuts(documents(), val_fraction, heldout_min_documents, corpus)
+    # The corpus is read and parsed once: its documents go to a spill file in the new folder,
+    # which the tokenizer and the encoder read back. That one pass also draws the held-out
+    # floor's cuts: on a small corpus the floor moves documents out of train, and the tokenizer
+    # must not see them. It also refuses a corpus without enough text (the folder is removed).
     tmp.mkdir(parents=True)
-    train_docs = (d for d in documents() if split_of(d, val_fraction, cuts) == "train")
+    spill = tmp / SPILL_FILE
+    with open(spill, "wb") as f:
+        cuts = heldout_cuts(_spilled(documents(), f), val_fraction, heldout_min_documents, corpus)
+    train_docs = (d for d in _read_spill(spill) if split_of(d, val_fraction, cuts) == "train")
     if tokenizer != "gpt2":
         train_docs = tqdm(
             train_docs,
@@ -250,8 +307,9 @@ def _build(
     tok = train_tokenizer(tokenizer, train_docs, vocab_size)
     tok.save(tmp / TOKENIZER_FILE)
     splits = _encode_splits(
-        tok, documents(), tmp, lambda d: split_of(d, val_fraction, cuts), progress
+        tok, _read_spill(spill), tmp, lambda d: split_of(d, val_fraction, cuts), progress
     )
+    spill.unlink()
     files = {TOKENIZER_FILE: _tokenizer_entry(tmp / TOKENIZER_FILE)}
     for split in SPLITS:
         files[f"{split}.bin"] = _shard_entry(tmp / f"{split}.bin")
@@ -269,6 +327,23 @@ def _build(
         "seconds": round(time.perf_counter() - started, 2),
         "versions": _versions(),
     }
+
+
+def _spilled(docs: Iterator[str], f: BinaryIO) -> Iterator[str]:
+    """Yield ``docs`` while appending each to the spill file ``f`` (length, then UTF-8)."""
+    for doc in docs:
+        data = doc.encode("utf-8")
+        f.write(_SPILL_LENGTH.pack(len(data)))
+        f.write(data)
+        yield doc
+
+
+def _read_spill(file: Path) -> Iterator[str]:
+    """The documents of a spill file, in order."""
+    with open(file, "rb", buffering=1 << 20) as f:
+        while head := f.read(_SPILL_LENGTH.size):
+            (n,) = _SPILL_LENGTH.unpack(head)
+            yield f.read(n).decode("utf-8")
 
 
 def _encode_splits(
@@ -363,9 +438,9 @@ def verify_dataset(
 
     Always: every file is there with its recorded size, the tokenizer's checksum (a small file),
     each shard's header (its checksum is the manifest's, its length the file's). The payload
-    hash of a shard (about 1 GB/s) only with ``full``, or when its size, mtime or inode changed
-    since it was last hashed. A dataset prepared before manifests existed is checked in full
-    only with ``full``, and then gets its manifest.
+    hash of a shard (about 1 GB/s) only with ``full``, or when its size, mtime, ctime or inode
+    changed since it was last hashed. A dataset prepared before manifests existed is checked in
+    full only with ``full``, and then gets its manifest.
     """
     path = Path(path)
     meta = _load_meta(path) if meta is None else meta
@@ -530,13 +605,50 @@ def _verify_without_manifest(path: Path, meta: dict) -> None:
         _write_meta(path, {**meta, "files": files})
 
 
+def _key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _cached_candidates(root: Path, prefix: str) -> list[Path]:
+    """The cache's dataset folders prepared from the same corpus name, tokenizer and size."""
+    return sorted((root / "datasets").glob(glob.escape(prefix) + "*"))
+
+
+def _remembered_fingerprint(
+    candidates: list[Path], signature: str, key_of: Callable[[str], str], prefix: str | None
+) -> str | None:
+    """The corpus fingerprint a candidate dataset recorded with this corpus signature (in its
+    stamp), if that dataset is the one these settings and that fingerprint name (its key, and
+    in the cache its folder name); else None: the corpus must be hashed."""
+    for folder in candidates:
+        memo = _read_stamp(folder).get(CORPUS_MEMO)
+        if not isinstance(memo, dict) or memo.get("signature") != signature:
+            continue
+        fingerprint = memo.get("fingerprint")
+        meta = _read_meta(folder)
+        if not isinstance(fingerprint, str) or meta is None:
+            continue
+        key = key_of(fingerprint)
+        if meta.get("key") == key and (prefix is None or folder.name == f"{prefix}{key[:12]}"):
+            return fingerprint
+    return None
+
+
+def _remember_corpus(path: Path, memo: dict[str, str]) -> None:
+    """Record in the stamp the corpus signature that gave this dataset's fingerprint (best
+    effort), so that the next start with an unchanged corpus does not hash it."""
+    stamp = _read_stamp(path)
+    if stamp.get(CORPUS_MEMO) != memo:
+        _write_stamp(path, {**stamp, CORPUS_MEMO: memo})
+
+
 def _signature(file: Path) -> list[int] | None:
-    """What changes when a file is written or replaced: size, mtime and inode."""
+    """What changes when a file is written or replaced: size, mtime, ctime and inode."""
     try:
         st = file.stat()
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _read_stamp(path: Path) -> dict[str, Any]:

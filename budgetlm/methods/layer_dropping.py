@@ -81,6 +81,7 @@ class LayerDrop(Method):
     """Resample the active blocks of every stack each optimizer step."""
 
     name = "layer_drop"
+    leaves_parameters_unused = True  # the blocks not in plan.active get no gradient
     incompatible = ("layer_stacking",)
 
     @dataclass

@@ -101,6 +101,7 @@ class LayerStacking(Method):
     """Train the first blocks of each stack; double the active depth at each stacking point."""
 
     name = "layer_stacking"
+    leaves_parameters_unused = True  # the blocks not in plan.active get no gradient
     incompatible = ("layer_drop", "staged")
 
     @dataclass

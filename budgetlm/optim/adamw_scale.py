@@ -13,6 +13,17 @@ from collections.abc import Iterable
 import torch
 
 
+def rms_step_size(p: torch.Tensor, lr: float, floor: float) -> torch.Tensor:
+    """lr x max(floor, RMS(p)) as a float64 scalar tensor on p's device, without a host sync:
+    computed as the Python float `lr * max(floor, p.float().norm().item() / sqrt(n))` was.
+
+    `p.addcmul_(u, -step)` then moves p as `p.add_(u, alpha=-lr * max(...))` did, bit for bit
+    on CPU: a 0-dim tensor does not promote p's dtype, so it is rounded once, from float64 to
+    p's dtype, as an `alpha` is. (A NaN RMS stays NaN where Python's max gave the floor.)"""
+    rms = p.float().norm(2).double() / math.sqrt(p.numel())
+    return rms.clamp_min(floor) * lr
+
+
 class AdamWScale(torch.optim.Optimizer):
     def __init__(
         self,
@@ -30,10 +41,6 @@ class AdamWScale(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    @staticmethod
-    def _rms(t: torch.Tensor) -> float:
-        return t.norm(2).item() / math.sqrt(t.numel())
-
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's Optimizer signature
         loss = closure() if closure is not None else None
@@ -49,6 +56,8 @@ class AdamWScale(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
                 state["step"] += 1
+                # The step count lives on the CPU (torch keeps an optimizer's "step" there
+                # through load_state_dict too): reading it is no device sync.
                 step = state["step"].item()
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
@@ -56,9 +65,11 @@ class AdamWScale(torch.optim.Optimizer):
                 step_size = group["lr"]
                 if group["correct_bias"]:
                     step_size *= math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                step_size *= max(1e-3, self._rms(p.float()))
+                # x max(1e-3, RMS(p)), kept on the device (no host sync per parameter); it
+                # rounds as the Python float alpha it replaced.
+                scaled = rms_step_size(p, step_size, 1e-3)
                 update = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
-                p.add_(update.to(p.dtype), alpha=-step_size)
+                p.addcmul_(update.to(p.dtype), scaled.neg())
                 if group["weight_decay"] > 0:
                     p.add_(p, alpha=-group["lr"] * group["weight_decay"])
         return loss

@@ -14,7 +14,6 @@ through the ordinary optimizer state dict.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from budgetlm.optim.adamw_scale import rms_step_size
 
 PAPER_BETAS = (0.9, 0.99)
 
@@ -80,14 +81,17 @@ def lion_update(group: Mapping[str, Any], state: Mapping[torch.Tensor, dict]) ->
             s["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
         m = s["exp_avg"]
         update = (m * beta1).add_(grad, alpha=1 - beta1).sign_()
-        step = lr
         if group["rms_scale"]:
-            # RMS of the weight before this step, as AdamWScale measures it.
-            rms = p.float().norm(2).item() / math.sqrt(p.numel())
-            step *= max(group["rms_floor"], rms)
-        if wd != 0:
-            p.mul_(1 - lr * wd)
-        p.add_(update.to(p.dtype), alpha=-step)
+            # RMS of the weight before this step, as AdamWScale measures it, kept on the
+            # device: no host sync per parameter (rms_step_size says why it rounds as before).
+            step = rms_step_size(p, lr, group["rms_floor"])
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            p.addcmul_(update.to(p.dtype), step.neg())
+        else:
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            p.add_(update.to(p.dtype), alpha=-lr)
         m.mul_(beta2).add_(grad, alpha=1 - beta2)
 
 

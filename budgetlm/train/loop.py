@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 import torch
 from tqdm.auto import tqdm
 
-from budgetlm.api import StepPlan
+from budgetlm.api import Method, StepPlan
 from budgetlm.budget.work import step_work
 from budgetlm.config import TrainConfig
 from budgetlm.errors import DivergedError
@@ -39,18 +39,11 @@ from budgetlm.optim import set_lr
 from budgetlm.optim.modes import evaluation_weights, to_train_mode
 from budgetlm.schedules import ScheduleSpec
 from budgetlm.train.checkpoint import prune_checkpoints
+from budgetlm.train.compile import compile_model
 from budgetlm.train.distributed import Dist, ddp_wrap, full_state_dicts
 from budgetlm.train.evaluate import heldout_sums, loss_metrics
 from budgetlm.train.metrics import MetricsLog
 from budgetlm.train.state import TrainState
-
-
-def compile_model(model: torch.nn.Module) -> Callable[..., Any]:
-    # BERT gathers the masked positions before its head, a data-dependent shape.
-    import torch._dynamo
-
-    torch._dynamo.config.capture_dynamic_output_shape_ops = True
-    return torch.compile(model)
 
 
 class Diverged(DivergedError):
@@ -97,6 +90,13 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def leaves_parameters_unused(methods: list[Method]) -> bool:
+    """Whether DDP must search each step for parameters that got no gradient (a cost on every
+    step): only when a method declares that it leaves some unused
+    (`Method.leaves_parameters_unused`: dropped or not-yet-stacked layers)."""
+    return any(m.leaves_parameters_unused for m in methods)
+
+
 def _next_point(progress: float, every: float) -> float:
     """The next multiple of `every` strictly above `progress` (inf when `every` is 0)."""
     if every <= 0:
@@ -121,14 +121,36 @@ class _StepResult:
     skipped: str | None = None  # what was non-finite when train.on_nonfinite=skip skipped it
 
 
+def _now() -> float:
+    return time.perf_counter()  # looked up on each call: tests plant a clock
+
+
 @dataclass
 class _Cadence:
-    """When the loop next evaluates and checkpoints (progress points), and the throughput window."""
+    """When the loop next evaluates and checkpoints (progress points), and the throughput window:
+    the steps since the last "train" record and the seconds they took. Evaluation and
+    checkpointing inside the window (`paused`) are not training time, so tok_per_s leaves them
+    out."""
 
     next_eval: float
     next_checkpoint: float
     window_steps: int = 0
-    window_start: float = field(default_factory=time.perf_counter)
+    window_start: float = field(default_factory=_now)
+    window_paused: float = 0.0  # seconds of evaluation and checkpointing since window_start
+
+    @contextlib.contextmanager
+    def paused(self) -> Any:
+        start = _now()
+        try:
+            yield
+        finally:
+            self.window_paused += _now() - start
+
+    def window_seconds(self) -> float:
+        return _now() - self.window_start - self.window_paused
+
+    def restart_window(self) -> None:
+        self.window_steps, self.window_start, self.window_paused = 0, _now(), 0.0
 
     @classmethod
     def at(cls, progress: float, cfg: TrainConfig) -> _Cadence:
@@ -169,15 +191,20 @@ class Trainer:
         if self._compiled is None or self._compiled[0] != key:
             wrapped = model
             if self.dist.mode == "ddp":
-                wrapped = ddp_wrap(model, self.dist, find_unused=bool(self.state.methods))
+                wrapped = ddp_wrap(
+                    model, self.dist, find_unused=leaves_parameters_unused(self.state.methods)
+                )
             if self.compile:
                 wrapped = compile_model(wrapped)
             self._compiled = (key, wrapped)
         return self._compiled[1]
 
     # -- one step ---------------------------------------------------------------------------
-    def _micro_batches(self, plan: StepPlan) -> list[dict[str, torch.Tensor]]:
-        """This rank's micro-batches: its contiguous share of the step's global batch."""
+    def _micro_batches(self, plan: StepPlan) -> list[tuple[dict[str, torch.Tensor], int]]:
+        """This rank's micro-batches, its contiguous share of the step's global batch, each with
+        its number of target tokens. The tokens are counted before the copy to the device: on
+        the host's batch the count costs no device sync (on the device copy it would cost one
+        per micro-batch)."""
         size = plan.batch_size // plan.micro_batches
         per_rank = plan.micro_batches // self.dist.world
         first = self.dist.rank * per_rank
@@ -186,7 +213,8 @@ class Trainer:
             batch = self.stream.batch(plan.step, i * size, (i + 1) * size)
             for m in self.state.methods:
                 batch = m.before_batch(self.state, plan, batch)
-            out.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
+            count = int((batch["labels"] != -100).sum())
+            out.append(({k: v.to(self.device, non_blocking=True) for k, v in batch.items()}, count))
         return out
 
     def _train_step(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, str | None]:
@@ -200,11 +228,10 @@ class Trainer:
         batches = self._micro_batches(plan)
         # Token-weighted accumulation: the step's loss is the mean over all its target tokens,
         # on every rank together (data parallelism averages gradients over ranks: x world).
-        counts = [int((b["labels"] != -100).sum()) for b in batches]
-        total = max(1.0, self.dist.total(float(sum(counts)), self.device))
+        total = max(1.0, self.dist.total(float(sum(c for _, c in batches)), self.device))
         scale = self.dist.world / total
         step_loss = torch.zeros((), device=self.device)
-        for i, (batch, count) in enumerate(zip(batches, counts, strict=True)):
+        for i, (batch, count) in enumerate(batches):
             # DDP reduces gradients once, after the last micro-batch.
             sync = self.dist.mode != "ddp" or i == len(batches) - 1
             with contextlib.nullcontext() if sync else forward.no_sync():
@@ -214,6 +241,15 @@ class Trainer:
                     m.after_forward(state, batch, out)
                 (out.loss * (count * scale)).backward()
             step_loss += out.loss.detach().float() * (count / total)
+        # The one collective of a step besides the gradients' (none for a single process), kept
+        # every step on purpose: it is the finiteness flag and the logged loss at once. A sum
+        # over ranks is non-finite when any rank's part is, so every rank takes the same
+        # decision below, even when only one rank's loss went bad. The gradient norm (the same
+        # on every rank) is no substitute: cross-entropy's gradient does not depend on the loss
+        # value, so a loss that overflowed in its reduction can come with finite gradients.
+        # Reducing a flag here and the loss on log steps only would cost the same one scalar
+        # collective per step, plus one per log step. The value is read on the host (a sync)
+        # only on log steps and at the last step.
         step_loss = self.dist.sum(step_loss)
         grad_norm = self._grad_norm()
         # The one host sync of a step that is not logged. Every rank reads the same flag: the
@@ -338,7 +374,8 @@ class Trainer:
                 )
                 if clock.progress >= cadence.next_checkpoint or clock.done or stop_now:
                     state.info["last_eval"] = {k: self._last.get(k) for k in ("val_loss", "step")}
-                    self.save()
+                    with cadence.paused():
+                        self.save()
                     cadence.next_checkpoint = _next_point(clock.progress, self.cfg.checkpoint_every)
                 if stop_now and not clock.done:
                     status = "interrupted" if signals.requested else "stopped"
@@ -445,7 +482,7 @@ class Trainer:
         # A skipped step has its own record ("skipped") instead of a "train" one.
         if (state.step % cfg.log_every == 0 or clock.done) and step.skipped is None:
             step_loss = float(step.loss)
-            elapsed = time.perf_counter() - cadence.window_start
+            elapsed = cadence.window_seconds()
             self._record(
                 "train",
                 loss=step_loss,
@@ -457,11 +494,13 @@ class Trainer:
                 f"loss {step_loss:.3f} lr {step.lr:.2e} left {budget.format(clock.left())}",
                 refresh=False,
             )
-            cadence.window_steps, cadence.window_start = 0, time.perf_counter()
+            cadence.restart_window()
         bar.update(round(100 * clock.progress - bar.n, 4))
         if clock.progress >= cadence.next_eval or clock.done:
             if cfg.eval_every > 0 or clock.done:
-                self._last.update(self._record("eval", **self.evaluate()))
+                with cadence.paused():
+                    metrics = self.evaluate()
+                self._last.update(self._record("eval", **metrics))
                 if cfg.progress_bar and self.dist.is_main:
                     tqdm.write(
                         f"step {state.step} p={clock.progress:.3f} "
