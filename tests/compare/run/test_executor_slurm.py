@@ -27,33 +27,11 @@ submitit = pytest.importorskip(
 from budgetlm.compare.run.executors import slurm  # noqa: E402
 from budgetlm.compare.run.executors.slurm import CellJob, SlurmExecutor  # noqa: E402
 
+from .tiny_grid import ARMS, small_gpt  # noqa: E402
+
 PAUSE_HOOK = Path(__file__).resolve().with_name("pause_hook")
 HANG_GUARD = 600  # seconds: a guard against a hang, never a speed test
-SMALL_GPT = {
-    "model": {
-        "preset": "gpt-tiny",
-        "n_layers": 2,
-        "d_model": 32,
-        "n_heads": 2,
-        "d_kv": 16,
-        "d_ff": 64,
-        "seq_len": 32,
-    },
-    "data": {"corpus": "fixture", "vocab_size": 2048, "val_fraction": 0.05},
-    "optim": {"name": "adamw", "lr": 3e-3},
-    "schedule": {"name": "warmup_linear"},
-    "train": {
-        "batch_size": 8,
-        "eval_batches": 2,
-        "eval_every": 0.5,
-        "checkpoint_every": 0.25,
-        "threads": 1,
-    },
-}
-ARMS = [
-    {"name": "baseline"},
-    {"name": "lion", "optim": "lion", "set": {"optim.lr": 3e-4}, "tune": False},
-]
+SMALL_GPT = small_gpt()
 CELLS = [f"{arm}/40steps/seed{seed}" for arm in ("baseline", "lion") for seed in (1, 2)]
 CELL = "baseline/40steps/seed1"  # the one the interruption tests stop
 LOSS_COLUMNS = ("arm", "n", "loss_mean", "loss_std", "diff_vs_baseline", "p_value", "verdict")

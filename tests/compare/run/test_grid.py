@@ -22,30 +22,11 @@ from budgetlm.compare.run.experiment_file import load_experiment
 from budgetlm.train.checkpoint import complete_checkpoints
 
 from ..html_check import check_html
+from .tiny_grid import small_gpt
 
 ROOT = Path(__file__).resolve().parents[3]
 PAUSE_HOOK = Path(__file__).resolve().with_name("pause_hook")
-SMALL_GPT = {
-    "model": {
-        "preset": "gpt-tiny",
-        "n_layers": 2,
-        "d_model": 32,
-        "n_heads": 2,
-        "d_kv": 16,
-        "d_ff": 64,
-        "seq_len": 32,
-    },
-    "data": {"corpus": "fixture", "vocab_size": 2048, "val_fraction": 0.05},
-    "optim": {"name": "adamw", "lr": 3e-3},
-    "schedule": {"name": "warmup_linear"},
-    "train": {
-        "batch_size": 8,
-        "eval_batches": 2,
-        "eval_every": 0.25,
-        "checkpoint_every": 0.1,
-        "threads": 1,
-    },
-}
+SMALL_GPT = small_gpt(eval_every=0.25, checkpoint_every=0.1)
 
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "finetune" / "fixtures"
