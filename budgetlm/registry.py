@@ -192,11 +192,21 @@ def _module_hint(module: str, missing: str, attr: str) -> str:
         candidates = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
     else:
         candidates = [m.name for m in pkgutil.iter_modules()]
-    close = difflib.get_close_matches(leaf, candidates, n=1)
+    # Among every installed top-level module a loose match is noise ('pkg' -> 'pkgutil'): a
+    # stricter cutoff there than among a package's own modules.
+    close = difflib.get_close_matches(leaf, candidates, n=1, cutoff=0.6 if parent else 0.8)
     if not close:
         return ""
     fixed = f"{parent}.{close[0]}" if parent else close[0]
     return f"; did you mean '{fixed}{module[len(missing) :]}:{attr}'?"
+
+
+def plugin_object(name: str) -> Any:
+    """The object an import path names, for a caller that does not know yet whether it is a
+    method or an optimizer (`budgetlm check-plugin`); refused like any other import path."""
+    if not _IMPORT_PATH.match(name):
+        raise PluginError(f"{name!r} is not an import path of the form package.module:Object")
+    return _load("plug-in", name, name)
 
 
 def method_target(name: str) -> str:

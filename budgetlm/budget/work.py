@@ -70,7 +70,7 @@ def step_work(
     A plan that trains on shorter sequences (`plan.seq_len`) is charged at that length, and its
     tokens scale with it."""
     micro = plan.batch_size // plan.micro_batches
-    seq_len = getattr(plan, "seq_len", None)
+    seq_len = plan.seq_len
     tokens = plan.batch_size * tokens_per_example
     if seq_len is not None and seq_len != shape.seq_len:
         if not 0 < seq_len <= shape.seq_len:

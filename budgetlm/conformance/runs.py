@@ -18,13 +18,11 @@ family (trains, charges, resumes, state) share one.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import os
 import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,28 +217,18 @@ class Workspace:
         return record
 
 
-@contextlib.contextmanager
-def _without_fsync() -> Iterator[None]:
-    """Checkpoint writes without fsync while a suite run trains. Its checkpoints live in a
-    folder thrown away afterwards, so durability is not what is checked, and syncing the disk
-    at every stop of every interrupted run would take much of the suite's time."""
-    sync = os.fsync
-    os.fsync = lambda fd: None
-    try:
-        yield
-    finally:
-        os.fsync = sync
-
-
 def _train(record: RunRecord, resume: bool, stop_after: int | None) -> None:
     """One attempt of the record's run (from scratch, or from its newest checkpoint), up to
     `stop_after` steps; the record keeps what the attempt ended with."""
+    from budgetlm.train.checkpoint import unsynced_checkpoints
     from budgetlm.train.metrics import read_metrics
     from budgetlm.train.session import open_run
 
     trainer = open_run(record.config, resume="auto" if resume else None, progress=False)
     try:
-        with ForwardCounter() as counter, _without_fsync():
+        # Its checkpoints are thrown away: syncing the disk at every stop of every
+        # interrupted run would take much of the suite's time.
+        with ForwardCounter() as counter, unsynced_checkpoints():
             steps = watch(trainer, counter)
             try:
                 record.summary = trainer.run(stop_after=stop_after)

@@ -20,12 +20,12 @@ from budgetlm.errors import UserError
 from budgetlm.registry import (
     METHOD_GROUP,
     OPTIMIZER_GROUP,
-    PluginError,
     is_import_path,
     method_class,
     method_names,
     optimizer_names,
     optimizer_provider,
+    plugin_object,
 )
 
 FAMILIES = ("gpt", "bert", "t5")
@@ -112,17 +112,7 @@ def _by_import_path(name: str) -> Subject:
     loaders then check it as a run would (and say what is wrong with it)."""
     from budgetlm.api import Method
 
-    module, _, attr = name.partition(":")
-    if not re.match(r"^[A-Za-z_][\w.]*$", module) or not re.match(r"^[A-Za-z_][\w.]*$", attr):
-        raise PluginError(f"{name!r} is not an import path of the form package.module:Object")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
-        # Let the registry's loader say what is missing, with its did-you-mean.
-        optimizer_provider(name)
-        raise  # pragma: no cover - the line above raises for a missing module or object
+    obj = plugin_object(name)
     if isinstance(obj, type) and issubclass(obj, Method):
         method_class(name)
         return Subject("method", name)

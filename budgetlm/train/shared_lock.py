@@ -140,8 +140,9 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
-def _pid_alive(pid: int, start: int | None) -> bool:
-    """Whether process `pid` of this machine is the live process that took the lock."""
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """Whether process `pid` of this machine is alive (a zombie is not) and, given its `start`
+    time in clock ticks since boot, is that process rather than a reuse of its pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -501,9 +502,44 @@ class SharedLock:
             # Whoever of several takers removes it, the one that then creates the lock reports
             # the stale owner it saw.
             stale = (owner, why)
-            token = owner.token if owner is not None else None
-            _remove_if(self.path, token, None if token else stat)
+            self._remove_stale(owner.token if owner is not None else None, stat)
         return owner
+
+    def _remove_stale(self, token: str | None, stat: os.stat_result) -> None:
+        """Remove the lock file judged stale (its `token`, or its `stat` for a file without
+        one), holding the take-over guard `<lock>.takeover` (created exclusively): one taker at
+        a time moves the lock file, and only the file it judged. Without the guard, a taker that
+        judged the old file could move aside the lock another taker had just made, leaving the
+        name free for a moment for a third to take as well: two holders. A taker waits while
+        another holds the guard (a rename and a read); a guard left by a taker that died is
+        removed once older than the staleness limit."""
+        guard = self.path.with_name(f"{self.path.name}.takeover")
+        while True:  # another taker holds the guard for a rename and a read: wait for it
+            try:
+                fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                os.close(fd)
+                break
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - os.stat(guard).st_mtime > self.stale_after:
+                        os.unlink(guard)
+                time.sleep(0.01)
+        try:
+            try:
+                now = os.stat(self.path)
+                owner = Owner.parse(self.path.read_text(errors="replace"))
+            except FileNotFoundError:
+                return
+            still = (
+                owner is not None and owner.token == token
+                if token is not None
+                else (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+            )
+            if still:
+                _remove_if(self.path, token, None if token else stat)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(guard)
 
     def _stale_because(self, owner: Owner | None, stat: os.stat_result) -> str | None:
         """Why the lock `owner` holds is stale, or None while it may be live."""
@@ -513,7 +549,7 @@ class SharedLock:
                 return "its lock file names no holder"
             return None
         if owner.on_this_machine:
-            if _pid_alive(owner.pid, owner.pid_start):  # type: ignore[arg-type]
+            if pid_alive(owner.pid, owner.pid_start):  # type: ignore[arg-type]
                 return None
             return "that process is gone without releasing it (killed or crashed)"
         beat = owner.heartbeat if owner.heartbeat is not None else stat.st_mtime

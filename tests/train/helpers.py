@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from budgetlm.config import Config, load_config
+from budgetlm.conformance.runs import TINY_MODEL
 
 PRESET = {"gpt": "gpt-tiny", "bert": "bert-tiny", "t5": "t5-tiny"}
 OPTIM = {
@@ -19,15 +20,9 @@ OPTIM = {
 }
 
 
-# A model whose step takes milliseconds: for mechanics, not for learning.
-SMALL = [
-    "model.n_layers=2",
-    "model.d_model=32",
-    "model.n_heads=2",
-    "model.d_kv=16",
-    "model.d_ff=64",
-    "model.seq_len=32",
-]
+# A model whose step takes milliseconds, for mechanics, not for learning: the conformance suite's
+# tiny model (budgetlm/conformance/runs.py) without its dropout (these runs set their own).
+SMALL = [s for s in TINY_MODEL if not s.startswith("model.dropout=")]
 
 
 def tiny_overrides(family: str, run_dir: Path, small: bool = True) -> list[str]:

@@ -9,6 +9,7 @@ from budgetlm.train.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+    unsynced_checkpoints,
 )
 
 
@@ -37,6 +38,23 @@ def test_save_load_roundtrip(tmp_path):
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["model"]["w"], parts["model"]["w"])
     assert loaded["trainer"] == {"step": 7, "x": [1.5]}
+
+
+def test_checkpoints_are_synced_unless_asked_and_nothing_else_changes(tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    save_checkpoint(tmp_path, 1, {"a": {"x": torch.ones(2)}})
+    assert synced  # the files, the manifest and the folders
+    synced.clear()
+    with unsynced_checkpoints():
+        path = save_checkpoint(tmp_path, 2, {"a": {"x": torch.ones(2)}})
+        os.fsync(0)  # anything else still syncs: only checkpoint writes are left unsynced
+    assert synced == [0]
+    assert torch.equal(load_checkpoint(path)["a"]["x"], torch.ones(2))
+    save_checkpoint(tmp_path, 3, {"a": {"x": 1}})
+    assert len(synced) > 1  # synced again once the block ends
 
 
 def test_incomplete_checkpoint_is_ignored(tmp_path):

@@ -37,28 +37,29 @@ HOLDER = textwrap.dedent(
 )
 
 # Takers that all judge the same stale lock before any of them moves it: each waits at the
-# take-over (`_remove_if`) until every taker has arrived there. "together": then all go at once;
-# "in-turn": then one after the other, each once the one before has the lock or was refused, so
-# that every later taker moves a fresh lock it had judged stale in its earlier state.
+# take-over (`SharedLock._remove_stale`) until every taker has arrived there. "together": then
+# all go at once; "in-turn": then one after the other, each once the one before has the lock or
+# was refused, so that every later taker comes to a fresh lock it had judged stale in its
+# earlier state (and must not move it: the take-over guard has it judge again).
 TAKER = textwrap.dedent(
     """
     import os, pathlib, sys, time
     from budgetlm.train import shared_lock as sl
     path, gate, takers, index, mode = sys.argv[1:]
     gate, takers, index = pathlib.Path(gate), int(takers), int(index)
-    real = sl._remove_if
+    real = sl.SharedLock._remove_stale
     def wait_for(condition):
         deadline = time.monotonic() + 120  # a hang guard
         while not condition() and time.monotonic() < deadline:
             time.sleep(0.01)
     def gated(*args, **kwargs):
-        sl._remove_if = real  # only the first take-over waits
+        sl.SharedLock._remove_stale = real  # only the first take-over waits
         (gate / f"arrived{index}").touch()
         wait_for(lambda: len(list(gate.glob("arrived*"))) == takers)
         if mode == "in-turn" and index:
             wait_for(lambda: (gate / f"done{index - 1}").exists())
         return real(*args, **kwargs)
-    sl._remove_if = gated
+    sl.SharedLock._remove_stale = gated
     try:
         lock = sl.SharedLock(path).acquire(blocking=False)
     except sl.LockBusy as e:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
-from budgetlm.train.shared_lock import SharedLock
+from budgetlm.train.shared_lock import SharedLock, pid_alive
 
 CELL_CONFIG = "cell.yaml"
 ERROR_FILE = "error.json"
@@ -328,23 +328,8 @@ def _stop_when_gone(pid: int, poll_seconds: float = 0.2) -> None:
     """Under torchrun a rank's parent is the torchrun agent, which outlives a killed grid: stop
     too (with a checkpoint) once the grid process `pid` is gone."""
 
-    def alive() -> bool:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
-        except FileNotFoundError:
-            return False
-        except (OSError, IndexError):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
-
     def watch() -> None:
-        while alive():
+        while pid_alive(pid):
             time.sleep(poll_seconds)
         os.kill(os.getpid(), signal.SIGTERM)
 

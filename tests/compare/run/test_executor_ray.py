@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
 import signal
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,12 +24,15 @@ ray = pytest.importorskip("ray", reason="the Ray executor needs ray: pip install
 
 from budgetlm.compare.run.executors.ray import RayExecutor, check_shared_out_dir  # noqa: E402
 
-from .tiny_grid import ARMS, small_gpt  # noqa: E402
+from .tiny_grid import (  # noqa: E402
+    ARMS,
+    paused_env,
+    small_gpt,
+    summary_table,
+    wait_for,
+)
 
-PAUSE_HOOK = Path(__file__).resolve().with_name("pause_hook")
-HANG_GUARD = 600  # seconds: a guard against a hang, never a speed test
 SMALL_GPT = small_gpt()
-LOSS_COLUMNS = ("arm", "n", "loss_mean", "loss_std", "diff_vs_baseline", "p_value", "verdict")
 
 
 def experiment_file(folder: Path) -> Path:
@@ -47,32 +48,10 @@ def experiment_file(folder: Path) -> Path:
     return path
 
 
-def summary_table(out: Path) -> list[tuple]:
-    with open(out / "summary.csv") as f:
-        return [tuple(r[k] for k in LOSS_COLUMNS) for r in csv.DictReader(f)]
-
-
 def final_loss(run_dir: Path) -> float:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished"
     return summary["final_val_loss"]
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + HANG_GUARD
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def paused_env(run_dir: Path, marker: Path) -> dict[str, str]:
-    """The cell pauses after its first complete checkpoint until SIGTERM (pause_hook/)."""
-    path = os.pathsep.join(filter(None, [str(PAUSE_HOOK), os.environ.get("PYTHONPATH")]))
-    return {
-        "PYTHONPATH": path,
-        "BUDGETLM_TEST_PAUSE_AT": str(run_dir / "checkpoints"),
-        "BUDGETLM_TEST_PAUSE_MARKER": str(marker),
-    }
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,10 @@ pickled job, signal handling and requeue as on a cluster, cells real tiny runs. 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -27,14 +25,17 @@ submitit = pytest.importorskip(
 from budgetlm.compare.run.executors import slurm  # noqa: E402
 from budgetlm.compare.run.executors.slurm import CellJob, SlurmExecutor  # noqa: E402
 
-from .tiny_grid import ARMS, small_gpt  # noqa: E402
+from .tiny_grid import (  # noqa: E402
+    ARMS,
+    paused_env,
+    small_gpt,
+    summary_table,
+    wait_for,
+)
 
-PAUSE_HOOK = Path(__file__).resolve().with_name("pause_hook")
-HANG_GUARD = 600  # seconds: a guard against a hang, never a speed test
 SMALL_GPT = small_gpt()
 CELLS = [f"{arm}/40steps/seed{seed}" for arm in ("baseline", "lion") for seed in (1, 2)]
 CELL = "baseline/40steps/seed1"  # the one the interruption tests stop
-LOSS_COLUMNS = ("arm", "n", "loss_mean", "loss_std", "diff_vs_baseline", "p_value", "verdict")
 
 
 def experiment_file(folder: Path) -> Path:
@@ -42,11 +43,6 @@ def experiment_file(folder: Path) -> Path:
     path = folder / "slurm.yaml"
     path.write_text(yaml.safe_dump({**raw, "arms": ARMS}))
     return path
-
-
-def summary_table(out: Path) -> list[tuple]:
-    with open(out / "summary.csv") as f:
-        return [tuple(r[k] for k in LOSS_COLUMNS) for r in csv.DictReader(f)]
 
 
 def final_state(run_dir: Path) -> tuple[dict, dict]:
@@ -66,26 +62,9 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert loss[0] == loss[1]
 
 
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + HANG_GUARD
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def wait_for_end(handle) -> int:
     wait_for(lambda: handle.poll() is not None, "the job to end")
     return handle.poll()
-
-
-def paused_env(run_dir: Path, marker: Path) -> dict[str, str]:
-    """The cell pauses after its first complete checkpoint until SIGTERM (pause_hook/)."""
-    path = os.pathsep.join(filter(None, [str(PAUSE_HOOK), os.environ.get("PYTHONPATH")]))
-    return {
-        "PYTHONPATH": path,
-        "BUDGETLM_TEST_PAUSE_AT": str(run_dir / "checkpoints"),
-        "BUDGETLM_TEST_PAUSE_MARKER": str(marker),
-    }
 
 
 def local_executor(out: Path, jobs: int = 2, wait: bool = True) -> SlurmExecutor:

@@ -22,7 +22,7 @@ from budgetlm.compare.run.experiment_file import load_experiment
 from budgetlm.train.checkpoint import complete_checkpoints
 
 from ..html_check import check_html
-from .tiny_grid import small_gpt
+from .tiny_grid import small_gpt, summary_table
 
 ROOT = Path(__file__).resolve().parents[3]
 PAUSE_HOOK = Path(__file__).resolve().with_name("pause_hook")
@@ -64,12 +64,6 @@ TWO_ARMS = [
 # (never judged), on the tune split. With 2 LRs the best is always at an edge, so the search
 # always adds the 1 extension it may: 3 tuning cells, then 2 judged seeds per arm (7 cells).
 TUNING = {"trials": 2, "max_extensions": 1}
-LOSS_COLUMNS = ("arm", "n", "loss_mean", "loss_std", "diff_vs_baseline", "p_value", "verdict")
-
-
-def summary_table(out: Path) -> list[tuple]:
-    with open(out / "summary.csv") as f:
-        return [tuple(r[k] for k in LOSS_COLUMNS) for r in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="module")

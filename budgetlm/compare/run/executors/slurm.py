@@ -62,6 +62,7 @@ from budgetlm.compare.run.executors.local import (
     ranks_exit_code,
 )
 from budgetlm.errors import EXIT_FAILED, EXIT_INTERRUPTED
+from budgetlm.train.shared_lock import pid_alive
 
 JOB_RECORD = "slurm-job.json"  # in the cell folder, by the grid: the job that runs the cell
 RUN_RECORD = "slurm-run.json"  # in the cell folder, by the job: where and as what it runs
@@ -255,14 +256,8 @@ def _controller_alive(pid: int) -> bool:
         return b"submitit.local._local" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
-    except OSError:  # no /proc: ask the kernel whether the pid exists at all
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    except OSError:  # no /proc: whether the pid exists at all
+        return pid_alive(pid)
 
 
 def _last_line(text: object) -> str:
