@@ -100,8 +100,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
         summary = trainer.run(stop_after=args.stop_after)
         # Every rank done before any tears its connections down: a rank that destroys its
-        # process group while another still finishes (rank 0 writes the summary) can abort the
-        # other's gloo threads at exit ("terminate called without an active exception").
+        # process group while another still finishes can abort the other's gloo threads at exit
+        # ("terminate called without an active exception"). So the log is closed first (on
+        # rank 0 that also releases the run lock: a rename, a read and a thread to stop), and
+        # only then do the ranks meet.
+        if trainer.log is not None:
+            trainer.log.close()
         trainer.dist.barrier()
     finally:
         if trainer.log is not None:
