@@ -12,6 +12,10 @@ the machine, not the model. On a shared VM whose speed drifts by 10-20% between 
 `--calibrate`: each config's table is measured right before its arms run, so the benchmark
 measures the cost model rather than the drift.
 Results: bench/results/rst-fidelity-<device>.{jsonl,md}.
+
+On your own machine and table, `budgetlm calibrate --check TABLE CONFIG...` runs the same arms
+(budgetlm/train/fidelity.py) alternated over several rounds, with confidence intervals and an
+exit code; this script keeps the one-pass history written to bench/results/.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from pathlib import Path
 
 import torch
 
-from budgetlm.budget.rst import CostTable
+from budgetlm.budget.rst import DEFAULT_TABLE, CostTable
 from budgetlm.cli import main as cli_main
 from budgetlm.config import load_config
 from budgetlm.registry import METHODS, method_class
-from budgetlm.train.session import open_run
+from budgetlm.train import fidelity
+from budgetlm.train.fidelity import Arm
 
 FAMILY_CONFIGS = ["configs/gpt-tiny.yaml", "configs/bert-tiny.yaml", "configs/t5-tiny.yaml"]
 
@@ -47,38 +52,17 @@ def implemented_methods() -> list[str]:
 
 
 def run_arm(config: str, method: str, budget: str, table: str | None, out: Path) -> dict:
-    overrides = [
-        f"budget={budget}",
-        f"run.dir={out}",
-        f"run.out_dir={out.parent}",
-        "train.progress_bar=false",
-        "train.eval_every=0",
-        "train.checkpoint_every=0",
-        "train.log_every=1000000",
-    ]
-    if table:
-        overrides.append(f"rst.table={table}")
-    if method.startswith("optim:"):  # an optimizer arm: its step (and Sophia's Hessian passes)
-        overrides.append(f"optim.name={method.removeprefix('optim:')}")
-    elif method != "baseline":
-        overrides.append(f"method={method}")
-    cfg = load_config(config, overrides)
-    if method == "rho_loss":  # its irreducible-loss model first (reported, never charged)
-        from budgetlm.train.irreducible import prepare_il_table
-
-        prepare_il_table(cfg, progress=False)
-    trainer = open_run(cfg, progress=False)
-    trainer.run()
-    trainer.log.close()
-    spent = trainer.state.clock.spent
+    """One arm, run as `budgetlm calibrate --check` runs it (budgetlm/train/fidelity.py)."""
+    arm = Arm(config, (), method, budget, table or DEFAULT_TABLE, out)
+    result = fidelity.run_arm(arm)
     return {
         "config": config,
         "method": method,
-        "steps": trainer.state.step,
-        "rst_s": spent["rst"],
-        "wall_s": spent["seconds"],
-        "error": abs(spent["rst"] - spent["seconds"]) / spent["seconds"],
-        "rst_minus_wall_per_step_ms": 1e3 * (spent["rst"] - spent["seconds"]) / trainer.state.step,
+        "steps": result.steps,
+        "rst_s": result.rst_s,
+        "wall_s": result.wall_s,
+        "error": abs(result.rst_s - result.wall_s) / result.wall_s,
+        "rst_minus_wall_per_step_ms": 1e3 * (result.rst_s - result.wall_s) / result.steps,
     }
 
 

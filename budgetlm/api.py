@@ -13,7 +13,9 @@ the order the loop calls them for one optimizer step:
                      in `plan.extra_passes` so RST/FLOP budgets charge it too
     adjust_lr        may change the step's learning rate (schedule transfer after growth); it
                      gets the schedule, a pure function of progress, and must keep lr(p=1) final
-    before_batch     may transform or replace each micro-batch (e.g. keep only selected examples)
+    batch_rows       may supply a micro-batch's rows itself (batch selection: the examples it
+                     chose in plan_step); the loop then never builds the run's own rows for it
+    before_batch     may transform each micro-batch (cut it, mask it)
     after_forward    sees each micro-batch's ModelOutput (per-example losses for selection)
     before_optimizer_step / after_optimizer_step
     on_progress      after the step is charged, with the new progress p (growth, stacking points)
@@ -132,6 +134,16 @@ class Method:
         self, state: MethodState, p: float, lr: float, schedule: Callable[[float], float]
     ) -> float:
         return lr
+
+    def batch_rows(
+        self, state: MethodState, plan: StepPlan, start: int, stop: int
+    ) -> dict[str, torch.Tensor] | None:
+        """Rows [start, stop) of this step's global batch when this method chooses the step's
+        examples itself (selective backprop, RHO-loss), else None (the default): the run's
+        data stream builds them. The loop asks the methods in order and the first answer wins;
+        a method that would throw the stream's rows away answers here, so they are never built
+        (`before_batch` still runs on what it returns)."""
+        return None
 
     def before_batch(
         self, state: MethodState, plan: StepPlan, batch: dict[str, torch.Tensor]

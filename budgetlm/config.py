@@ -175,6 +175,9 @@ class TrainConfig:
     """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`"""
     compile: bool = False
     """compile each transformer block with `torch.compile` (docs/compile.md)"""
+    prefetch: bool = True
+    """build the next step's batches in a background thread while this step trains (in pinned
+    memory on CUDA); the batches are the same either way (docs/training.md)"""
     threads: int | None = None
     """CPU threads for torch; default: torch's own choice"""
     parallel: str = "auto"
@@ -289,6 +292,7 @@ _EXECUTION = (
     "With `train.precision=auto` the device also picks bf16 or fp32: set `train.precision` to "
     "make the precision part of the identity"
 )
+_SCHEDULING = "when the same batches are built, not what they hold or how they are computed"
 _HOUSEKEEPING = "housekeeping and checks that refuse or allow, never change, what is computed"
 
 IDENTITY_EXCLUDED: dict[str, str] = {
@@ -307,6 +311,7 @@ IDENTITY_EXCLUDED: dict[str, str] = {
     "train.threads": _EXECUTION,
     "train.device": _EXECUTION,
     "train.compile": _EXECUTION,
+    "train.prefetch": _SCHEDULING,
     "train.parallel": _EXECUTION,
     "train.keep_checkpoints": _HOUSEKEEPING,
     "rst.verify": _HOUSEKEEPING,

@@ -36,6 +36,7 @@ OTHER_VALUE = {
     "train.threads": 3,
     "train.device": "cpu",
     "train.compile": True,
+    "train.prefetch": False,
     "train.parallel": "fsdp",
     "train.keep_checkpoints": 5,
     "rst.verify": "probe",

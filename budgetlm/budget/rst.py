@@ -10,6 +10,9 @@ intercept for fixed costs (launches, Python), a per-sequence term (embeddings, o
 and a per-sequence-per-layer term per stack. Each optimizer step adds the measured cost of that
 optimizer. A step is charged the sum over the passes it runs (training micro-batches, selection
 forwards, Hessian passes): a dropped layer costs nothing, an extra forward costs what it costs.
+The loop around the passes is charged by two overheads fitted from whole loop steps at two
+micro-batch counts (`fit_loop_overheads`): `loop_overhead` once per optimizer step and
+`micro_batch_overhead` once per training micro-batch of the loop.
 
 Every table is checked when written and when loaded: it must carry the content hash of what was
 measured (an accidental edit or a corrupted file fails it; a deliberate edit re-hashed with
@@ -27,7 +30,7 @@ import dataclasses
 import hashlib
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -117,6 +120,11 @@ class ShapeCosts:
     # What one step of the real loop costs beyond its passes and optimizer (planning, the clock,
     # metrics, Python), measured by a short real run: charged once per optimizer step.
     loop_overhead: float = 0.0
+    # What the loop adds per micro-batch beyond the pass timed alone (the accumulation loop's
+    # Python, host/device overlap unlike a synchronised pass), fitted together with
+    # `loop_overhead` from runs at two micro-batch counts: charged once per training micro-batch.
+    # 0 in tables measured before it existed, and then left out of the file and its hash.
+    micro_batch_overhead: float = 0.0
 
     @property
     def stacks(self) -> list[str]:
@@ -236,6 +244,9 @@ class CostTable:
         entries = []
         for e in self.entries.values():
             d = dataclasses.asdict(e)
+            if not d["micro_batch_overhead"]:
+                # Absent, as in every table written before the term existed: their hashes hold.
+                del d["micro_batch_overhead"]
             if not derived:
                 d.pop("fit"), d.pop("residuals"), d.pop("optimizer_fit")
             entries.append(d)
@@ -302,6 +313,7 @@ class CostTable:
                 e["optimizer_seconds"],
                 e.get("optimizer_points", {}),
                 loop_overhead=e.get("loop_overhead", 0.0),
+                micro_batch_overhead=e.get("micro_batch_overhead", 0.0),
             )
             table.entries[entry.key] = entry
         if not verify_hash:
@@ -377,6 +389,11 @@ class CostTable:
             split: dict[str, float] = {}
             for p in work.passes:
                 split[p.purpose] = split.get(p.purpose, 0.0) + price_pass(p)
+                if p.kind == "train" and p.purpose == "training":
+                    # One micro-batch of the loop: its per-micro-batch overhead goes with it, under
+                    # "training" (reports split by the four purposes training, selection,
+                    # hessian, optimizer; the per-step `loop_overhead` stays in "optimizer").
+                    split["training"] += self.micro_batch_overhead(p)
             if work.optimizer_steps:
                 split["optimizer"] = work.optimizer_steps * self.optimizer_seconds(
                     work, optimizer, fallback, warn
@@ -388,6 +405,12 @@ class CostTable:
 
         price.parts = parts  # type: ignore[attr-defined]
         return price
+
+    def micro_batch_overhead(self, p: Pass) -> float:
+        """The loop's per-micro-batch overhead for training pass `p` (0 for an uncovered shape,
+        priced from FLOPs, which has no measured loop)."""
+        entry = self.entry_for(p.shape)
+        return entry.micro_batch_overhead if entry is not None else 0.0
 
     def optimizer_seconds(
         self, work: Work, optimizer: str, fallback: str, warn: Callable[[str], None]
@@ -454,6 +477,36 @@ class CostTable:
             "rst.table=TABLE.json, or set rst.fallback=flops to estimate from FLOPs (recorded as "
             "a warning)"
         )
+
+
+def fit_loop_overheads(
+    micro_batches: Sequence[int], residuals: Sequence[float]
+) -> tuple[float, float]:
+    """(per step, per micro-batch) overheads from whole loop steps: least squares, both >= 0.
+
+    `residuals[i]`: what one measured loop step at `micro_batches[i]` micro-batches took beyond
+    its priced passes and optimizer step (several steps at a count may be given, or their median).
+    The model is residual = loop_overhead + k · micro_batch_overhead. One count alone cannot tell
+    the two apart: everything is then charged per step, as before the per-micro-batch term. A
+    negative term (noise, or passes that overlap better in the loop than timed alone) is pinned to
+    0 and the other refitted: a negative overhead would make more micro-batches cheaper.
+    """
+    k = np.asarray(micro_batches, dtype=float)
+    r = np.asarray(residuals, dtype=float)
+    if k.shape != r.shape or k.size == 0:
+        raise ValueError("fit_loop_overheads: one residual per micro-batch count, at least one")
+    if len(set(k.tolist())) < 2:
+        return max(0.0, float(r.mean())), 0.0
+    x = np.stack([np.ones_like(k), k], axis=1)
+    (step, micro), *_ = np.linalg.lstsq(x, r, rcond=None)
+    if step >= 0 and micro >= 0:
+        return float(step), float(micro)
+    # The constrained optimum lies on an edge: the better of the two one-term fits.
+    candidates = [
+        (max(0.0, float(r.mean())), 0.0),
+        (0.0, max(0.0, float(k @ r / (k @ k)))),
+    ]
+    return min(candidates, key=lambda c: float(np.sum((c[0] + c[1] * k - r) ** 2)))
 
 
 def _rehash_hint(source: str) -> str:

@@ -49,7 +49,6 @@ from budgetlm.config import ConfigError
 from budgetlm.methods.selective_backprop import (
     Batch,
     SelectedBatch,
-    batch_size_of,
     forward_losses,
     note_uncharged,
     take,
@@ -359,7 +358,6 @@ class HoldoutTraining(Method):
     def __init__(self, holdout_fraction: float) -> None:
         self.fraction = holdout_fraction
         self.stream: SubsetStream | None = None
-        self._micro = 0
 
     def on_start(self, state: MethodState) -> None:
         data = state.data
@@ -368,14 +366,10 @@ class HoldoutTraining(Method):
             data.tokens, data.objective, held, data.batch_size, data.seed, _HOLDOUT_STREAM
         )
 
-    def plan_step(self, state: MethodState, plan: StepPlan) -> None:
-        self._micro = 0
-
-    def before_batch(self, state: MethodState, plan: StepPlan, batch: Batch) -> Batch:
-        size = batch_size_of(batch)
-        start = self._micro * size
-        self._micro += 1
-        return self.stream.batch(plan.step, start, start + size)
+    def batch_rows(self, state: MethodState, plan: StepPlan, start: int, stop: int) -> Batch:
+        # The same positions of the held-out stream's batch: under data parallelism each rank
+        # takes its own share, as it would of the run's stream.
+        return self.stream.batch(plan.step, start, stop)
 
     def state_dict(self) -> dict[str, Any]:
         return {"holdout_fraction": self.fraction}
@@ -495,8 +489,8 @@ class RhoLoss(Method):
         self.stats["candidate_reducible"] += float(reducible.sum())
         self.stats["selected_reducible"] += float(reducible[chosen].sum())
 
-    def before_batch(self, state: MethodState, plan: StepPlan, batch: Batch) -> Batch:
-        return self._selected.next(batch_size_of(batch))
+    def batch_rows(self, state: MethodState, plan: StepPlan, start: int, stop: int) -> Batch:
+        return self._selected.next(stop - start)
 
     def summary(self) -> dict[str, Any]:
         s = self.stats

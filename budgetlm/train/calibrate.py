@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import statistics
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from budgetlm.budget.rst import Point, ShapeCosts
+from budgetlm.api import Method, StepPlan
+from budgetlm.budget.rst import Point, ShapeCosts, fit_loop_overheads
 from budgetlm.budget.timing import machine_description, median_seconds, pass_function, round_robin
 from budgetlm.config import ConfigError
 from budgetlm.optim.modes import to_train_mode
@@ -219,7 +222,10 @@ def calibrate_config(
         tolerance=tolerance,
     )
     entry.refit()
-    entry.loop_overhead = measure_loop_overhead(cfg, entry)
+    overheads = measure_loop_overhead(cfg, entry)
+    entry.loop_overhead, entry.micro_batch_overhead = overheads.per_step, overheads.per_micro_batch
+    if progress:
+        print(f"{label}: {overheads.describe()}", file=sys.stderr)
     machine = machine_description(device)
     machine["dtype"] = "bf16" if device.type == "cuda" and cfg.train.precision != "fp32" else "fp32"
     # Passes are timed eager: compiling every (batch size, active depth) point of the grid would
@@ -228,12 +234,111 @@ def calibrate_config(
     return entry, machine
 
 
-def measure_loop_overhead(cfg: Any, entry: ShapeCosts, steps: int = 24) -> float:
-    """Per-step cost of the real loop beyond its passes and optimizer step, from a short run.
+def overhead_counts(micro_batches: int) -> tuple[int, int]:
+    """The two micro-batch counts whose loop steps fit the overheads: the config's own and one
+    far enough from it to separate a per-step from a per-micro-batch cost (double a small count,
+    a quarter of a large one, so that a 12-micro-batch config is not timed at 24)."""
+    other = 2 * micro_batches if micro_batches < 4 else micro_batches // 4
+    return tuple(sorted((micro_batches, other)))  # type: ignore[return-value]
+
+
+@dataclass
+class LoopOverheads:
+    """The loop's overheads fitted from whole steps, and what they were fitted from.
+
+    `checks`: whole steps at another depth (not used in the fit), each with its measured and
+    priced seconds: how well the table prices a step it was not fitted to.
+    """
+
+    per_step: float
+    per_micro_batch: float
+    counts: list[int]
+    residuals: list[float]
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        text = (
+            f"loop overhead {1e3 * self.per_step:.2f} ms/step + "
+            f"{1e3 * self.per_micro_batch:.2f} ms/micro-batch (fitted at {self.counts} "
+            "micro-batches)"
+        )
+        for c in self.checks:
+            layers = ", ".join(f"{s}={n}" for s, n in sorted(c["active"].items()))
+            text += (
+                f"; a step at {layers} measured {c['measured']:.4g}s, priced "
+                f"{c['priced']:.4g}s ({c['measured'] / c['priced'] - 1:+.1%})"
+            )
+        return text
+
+
+def measure_loop_overhead(
+    cfg: Any,
+    entry: ShapeCosts,
+    steps: int = 24,
+    counts: Sequence[int] | None = None,
+    check_depth: bool = True,
+) -> LoopOverheads:
+    """(per step, per micro-batch) cost of the real loop beyond its passes and optimizer step.
 
     Planning, charging, logging and Python between passes cost a few milliseconds a step: next to
     the passes of a tiny model on a CPU that is several percent, and more for steps whose passes
-    are cheap (a 1-layer stacking stage). Median over the steps after a warm-up; never negative.
+    are cheap (a 1-layer stacking stage). On a GPU part of it scales with the micro-batches (a
+    table with one per-step figure, measured at 12 micro-batches, over-charged runs at 2 by
+    7-19%). So whole loop steps are timed at two micro-batch counts (`overhead_counts`: the same
+    micro-batch, the global batch changed), and per count the median over the steps after a
+    warm-up, less the priced passes and optimizer step, is fitted by `fit_loop_overheads`.
+    `check_depth`: then time steps with half the layers of each stack active (as layer dropping
+    or stacking train) and compare them with their price, overheads included.
+    """
+    micro = cfg.train.micro_batch_size or cfg.train.batch_size
+    own = cfg.train.batch_size // micro
+    counts = list(counts or overhead_counts(own))
+    full = {s: max(p.active[s] for p in entry.points) for s in entry.stacks}
+
+    def priced_work(k: int, active: dict[str, int]) -> float:
+        optimizer = entry.optimizer_step_seconds(cfg.optim.name, active) or 0.0
+        return k * entry.pass_seconds("train", micro, active) + optimizer
+
+    residuals = []
+    for k in counts:
+        wall = statistics.median(loop_step_seconds(cfg, k, steps))
+        residuals.append(wall - priced_work(k, full))
+    per_step, per_micro = fit_loop_overheads(counts, residuals)
+    result = LoopOverheads(per_step, per_micro, counts, residuals)
+    half = {s: max(1, n // 2) for s, n in full.items()}
+    if check_depth and half != full:
+        k = own
+        measured = statistics.median(loop_step_seconds(cfg, k, steps, active=half))
+        priced = priced_work(k, half) + per_step + k * per_micro
+        result.checks.append(
+            {"micro_batches": k, "active": half, "measured": measured, "priced": priced}
+        )
+    return result
+
+
+class _FixedDepth(Method):
+    """Trains the first blocks of each stack every step (what a dropped or not yet stacked layer
+    leaves): given to the timing run directly, never named in a config."""
+
+    name = "calibration_fixed_depth"
+    leaves_parameters_unused = True
+
+    def __init__(self, active: dict[str, int]) -> None:
+        self.active = active
+
+    def plan_step(self, state: Any, plan: StepPlan) -> None:
+        plan.active = {s: list(range(n)) for s, n in self.active.items()}
+
+
+def loop_step_seconds(
+    cfg: Any, micro_batches: int, steps: int = 24, active: dict[str, int] | None = None
+) -> list[float]:
+    """Wall seconds of each training step of a short baseline run at `micro_batches` per step
+    (the config's micro-batch size), after a quarter of the steps as warm-up; `active`: the
+    first blocks of each stack trained (default all).
+
+    The training loop's own clock (`wall_s` in metrics.jsonl): evaluation, checkpoints and
+    trackers are off, compile too (the passes were timed eager; so is the loop around them).
     """
     import tempfile
     from pathlib import Path
@@ -251,24 +356,25 @@ def measure_loop_overhead(cfg: Any, entry: ShapeCosts, steps: int = 24) -> float
             run=dataclasses.replace(cfg.run, dir=str(Path(tmp) / "run")),
             train=dataclasses.replace(
                 cfg.train,
+                batch_size=micro * micro_batches,
+                micro_batch_size=micro,
                 eval_every=0.0,
                 checkpoint_every=0.0,
                 log_every=1,
                 progress_bar=False,
-                compile=False,  # the passes were timed eager; so is the loop around them
+                compile=False,
                 loggers=[],  # a timing run in a temporary folder: nothing for trackers
             ),
         )
-        trainer = open_run(run_cfg, progress=False)
-        trainer.run()
-        trainer.log.close()
+        methods = [_FixedDepth(active)] if active is not None else []
+        trainer = open_run(run_cfg, progress=False, methods=methods)
+        try:
+            trainer.run()
+        finally:
+            trainer.log.close()
         walls = [
             m["wall_s"]
             for m in read_metrics(trainer.run_dir / "metrics.jsonl")
             if m["event"] == "train"
         ]
-    per_step = [b - a for a, b in zip(walls, walls[1:], strict=False)][steps // 4 :]
-    full = {s: max(p.active[s] for p in entry.points) for s in entry.stacks}
-    predicted = (cfg.train.batch_size // micro) * entry.pass_seconds("train", micro, full)
-    predicted += entry.optimizer_step_seconds(cfg.optim.name, full) or 0.0
-    return max(0.0, statistics.median(per_step) - predicted)
+    return [b - a for a, b in zip(walls, walls[1:], strict=False)][steps // 4 :]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -43,6 +44,7 @@ from budgetlm.train.compile import compile_model
 from budgetlm.train.distributed import Dist, ddp_wrap, full_state_dicts
 from budgetlm.train.evaluate import heldout_sums, loss_metrics
 from budgetlm.train.metrics import MetricsLog
+from budgetlm.train.prefetch import BatchPrefetcher
 from budgetlm.train.state import TrainState
 
 
@@ -121,6 +123,14 @@ class _StepResult:
     skipped: str | None = None  # what was non-finite when train.on_nonfinite=skip skipped it
 
 
+def _host_target_count(labels: torch.Tensor) -> int:
+    """Target tokens (labels not -100) of a micro-batch still on the host, counted by numpy: no
+    tensor is read back, so nothing here can wait on a device (a test counts tensor reads)."""
+    if labels.device.type != "cpu":  # a method supplied rows already on the device
+        return int((labels != -100).sum())
+    return int(np.count_nonzero(labels.numpy() != -100))
+
+
 def _now() -> float:
     return time.perf_counter()  # looked up on each call: tests plant a clock
 
@@ -177,6 +187,7 @@ class Trainer:
     log: MetricsLog | None = None
     _last: dict[str, Any] = field(default_factory=dict)
     _compiled: tuple[Any, Any] | None = None
+    _prefetch: BatchPrefetcher | None = None
 
     @property
     def dist(self) -> Dist:
@@ -204,18 +215,39 @@ class Trainer:
         """This rank's micro-batches, its contiguous share of the step's global batch, each with
         its number of target tokens. The tokens are counted before the copy to the device: on
         the host's batch the count costs no device sync (on the device copy it would cost one
-        per micro-batch)."""
+        per micro-batch). When the run's stream supplied the rows, the next step's are started
+        in the background (budgetlm/train/prefetch.py)."""
         size = plan.batch_size // plan.micro_batches
         per_rank = plan.micro_batches // self.dist.world
         first = self.dist.rank * per_rank
-        out = []
-        for i in range(first, first + per_rank):
-            batch = self.stream.batch(plan.step, i * size, (i + 1) * size)
+        spans = [(i * size, (i + 1) * size) for i in range(first, first + per_rank)]
+        out, from_stream = [], True
+        for start, stop in spans:
+            batch, supplied = self._rows(plan, start, stop)
+            from_stream = from_stream and not supplied
             for m in self.state.methods:
                 batch = m.before_batch(self.state, plan, batch)
-            count = int((batch["labels"] != -100).sum())
+            count = _host_target_count(batch["labels"])
             out.append(({k: v.to(self.device, non_blocking=True) for k, v in batch.items()}, count))
+        if from_stream:
+            self._prefetcher().schedule([(plan.step + 1, a, b) for a, b in spans])
         return out
+
+    def _rows(self, plan: StepPlan, start: int, stop: int) -> tuple[dict[str, torch.Tensor], bool]:
+        """Rows [start, stop) of the step's batch, and whether a method supplied them (batch
+        selection) instead of the run's stream: then the stream's rows are never built."""
+        for m in self.state.methods:
+            rows = m.batch_rows(self.state, plan, start, stop)
+            if rows is not None:
+                return rows, True
+        return self._prefetcher().get(plan.step, start, stop), False
+
+    def _prefetcher(self) -> BatchPrefetcher:
+        if self._prefetch is None:
+            self._prefetch = BatchPrefetcher(
+                self.stream, enabled=self.cfg.prefetch, pin=self.device.type == "cuda"
+            )
+        return self._prefetch
 
     def _train_step(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, str | None]:
         """Forward/backward over the micro-batches, clip, then the optimizer step unless the
@@ -364,7 +396,11 @@ class Trainer:
         self._start()
         cadence = _Cadence.at(clock.progress, self.cfg)
         steps_this_session, status = 0, "running"
-        with self._progress_bar() as bar, _StopSignals() as signals:
+        with (
+            self._progress_bar() as bar,
+            _StopSignals() as signals,
+            contextlib.closing(self._prefetcher()),
+        ):
             while not clock.done:
                 step = self._one_step(signals)
                 steps_this_session += 1

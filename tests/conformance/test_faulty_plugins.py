@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from budgetlm.conformance import conformance_cases, run_case
+from budgetlm.conformance.runs import Workspace
 
 
 def _results(name, *checks, overrides=(), partners=("layer_drop",)):
@@ -157,11 +158,37 @@ def test_a_combination_that_is_accepted_although_refused_fails(plugins, monkeypa
 
 
 @pytest.mark.slow
-def test_a_sequence_cut_is_undone_by_a_method_that_replaces_the_batch(plugins):
-    """HonestShortening before selective_backprop in the `+` spec: the selected rows replace the
-    cut batch, so full-length rows train while plan.seq_len is charged (after it: fine)."""
-    before = _results("HonestShortening", "composes", partners=["selective_backprop"])
-    result = before["composes[selective_backprop,gpt]"]
+def test_a_sequence_cut_applies_to_the_rows_a_selection_method_supplies(plugins):
+    """Selective backprop supplies its rows through `batch_rows`, and every `before_batch` runs
+    on them: a shortening method composes with it, in either order of the `+` spec."""
+    result = _results("HonestShortening", "composes", partners=["selective_backprop"])
+    assert result["composes[selective_backprop,gpt]"].passed, result
+
+
+@pytest.mark.slow
+def test_a_sequence_cut_undone_by_a_method_that_replaces_the_batch_fails(
+    plugins, monkeypatch, tmp_path
+):
+    """A selection method that replaces the cut batch in `before_batch` (as selective backprop
+    did before `batch_rows`): full-length rows train while plan.seq_len is charged."""
+    from budgetlm.methods.selective_backprop import SelectiveBackprop, batch_size_of
+
+    monkeypatch.setattr(SelectiveBackprop, "batch_rows", lambda self, state, plan, a, b: None)
+    monkeypatch.setattr(
+        SelectiveBackprop,
+        "before_batch",
+        lambda self, state, plan, batch: self._selected.next(batch_size_of(batch)),
+    )
+    (case,) = [
+        c
+        for c in conformance_cases(
+            ["faulty_plugins:HonestShortening"], families=["gpt"], partners=["selective_backprop"]
+        )
+        if c.check == "composes"
+    ]
+    workspace = Workspace(tmp_path)  # not the process's: its runs were made without the patch
+    result = run_case(case, workspace)
+    workspace.close()
     assert not result.passed
     assert "the model ran 12 rows of length 32 but the clock charged 4 rows of length 16" in (
         result.message

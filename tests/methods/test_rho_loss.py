@@ -160,7 +160,8 @@ def test_il_model_trains_only_on_held_out_ids(prepared_dataset):
         plan = StepPlan(step=step, batch_size=8, micro_batches=2)
         method.plan_step(State, plan)
         for i in range(2):
-            batch = method.before_batch(State, plan, stream.batch(step, 4 * i, 4 * i + 4))
+            batch = method.batch_rows(State, plan, 4 * i, 4 * i + 4)
+            assert len(batch["example_id"]) == 4
             assert is_held_out(batch["example_id"].numpy(), 0.2).all()
 
 
@@ -328,3 +329,21 @@ def test_changed_il_settings_in_the_same_table_directory_need_force(tmp_path):
     # The interrupted run was selecting with the old table: resuming with the new one is refused.
     with pytest.raises(ConfigError, match="trained with IL table"):
         open_run(cfg, resume="auto", progress=False)
+
+
+def test_the_loop_builds_no_rows_of_its_own_stream_under_rho_loss(gpt_table, tmp_path, monkeypatch):
+    # RHO-loss trains on the rows it picks from its own mega-batches (Method.batch_rows): the
+    # run's stream, whose rows it would throw away, is never asked for a batch.
+    _, path = gpt_table
+    cfg = _cfg("gpt", tmp_path, "run", "budget=3steps", f"methods.rho_loss.table={path}")
+    trainer = open_run(cfg, progress=False)
+    built = []
+    original = trainer.stream.batch
+    monkeypatch.setattr(
+        trainer.stream, "batch", lambda *args: built.append(args) or original(*args)
+    )
+    try:
+        trainer.run()
+    finally:
+        trainer.log.close()
+    assert trainer.state.step == 3 and built == []

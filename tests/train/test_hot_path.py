@@ -181,3 +181,132 @@ def test_layer_stacking_under_ddp_needs_its_declaration(
                 trainer.run()
     finally:
         _close(trainer)
+
+
+# -- host reads per micro-batch -------------------------------------------------------------------
+# The tensor methods that read a value back to the host: on a GPU each waits for the device.
+HOST_READS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
+
+
+def _host_reads_of_one_step(tmp_path, monkeypatch, micro_batch_size: int, optim: str) -> int:
+    cfg = tiny_config(
+        "gpt",
+        tmp_path / f"run-{micro_batch_size}-{optim}",
+        "budget=8steps",
+        f"optim.name={optim}",
+        f"train.micro_batch_size={micro_batch_size}",
+        "train.log_every=1000",  # the step below is not a log step
+        "train.eval_every=0",
+    )
+    trainer = open_run(cfg, progress=False)
+    try:
+        trainer._start()
+        trainer._one_step(loop._StopSignals())  # warm-up: lazy state (optimizer moments)
+        # Optimizer step counts live on the host (torch's own convention, kept through
+        # load_state_dict), so reading one waits for no device: not counted.
+        counters = [s["step"] for s in trainer.state.optimizer.state.values() if "step" in s]
+        host_counters = {id(t) for t in counters if t.device.type == "cpu"}
+        calls = []
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _original=original, _name=name, **kwargs):
+                if id(self) not in host_counters:
+                    calls.append(_name)
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        trainer._one_step(loop._StopSignals())
+        monkeypatch.undo()
+    finally:
+        _close(trainer)
+    return len(calls)
+
+
+@pytest.mark.parametrize("optim", ["adamw", "lion", "adamw_rms"])
+def test_a_step_reads_nothing_back_per_micro_batch(tmp_path, monkeypatch, optim):
+    one = _host_reads_of_one_step(tmp_path, monkeypatch, 8, optim)
+    four = _host_reads_of_one_step(tmp_path, monkeypatch, 2, optim)
+    assert one == four  # nothing per micro-batch
+    assert one <= 1  # per step, at most the finiteness flag before the optimizer step
+
+
+# -- prefetching ----------------------------------------------------------------------------------
+class TrainedRows(Method):
+    """Records the example ids of every micro-batch the model trained on."""
+
+    name = "trained_rows"
+
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+
+    def after_forward(self, state, batch, output):
+        self.rows.append(batch["example_id"].tolist())
+
+
+def _train_rows(tmp_path, name: str, *overrides: str, resume_after: int | None = None):
+    cfg = tiny_config(
+        "bert", tmp_path / name, "budget=6steps", "train.micro_batch_size=4", *overrides
+    )
+    seen = TrainedRows()
+    trainer = open_run(cfg, methods=[seen], progress=False)
+    try:
+        trainer.run(stop_after=resume_after)
+    finally:
+        _close(trainer)
+    hits = trainer._prefetcher().hits
+    if resume_after is not None:
+        again = TrainedRows()
+        trainer = open_run(cfg, methods=[again], resume="auto", progress=False)
+        try:
+            trainer.run()
+        finally:
+            _close(trainer)
+        seen.rows += again.rows
+    weights = {k: v.clone() for k, v in trainer.state.model.state_dict().items()}
+    return seen.rows, weights, hits
+
+
+def test_prefetching_gives_the_same_batches_in_the_same_order(tmp_path):
+    rows_on, weights_on, hits_on = _train_rows(tmp_path, "on", "train.prefetch=true")
+    rows_off, weights_off, hits_off = _train_rows(tmp_path, "off", "train.prefetch=false")
+    assert len(rows_on) == 12 and rows_on == rows_off  # 6 steps x 2 micro-batches
+    assert hits_on == 10 and hits_off == 0  # every step after the first came from the worker
+    for key, value in weights_on.items():
+        assert torch.equal(value, weights_off[key]), key
+
+
+def test_a_run_resumed_with_prefetching_is_bit_exact(tmp_path):
+    rows, weights, _ = _train_rows(tmp_path, "straight", "train.prefetch=true")
+    resumed_rows, resumed, _ = _train_rows(
+        tmp_path, "resumed", "train.prefetch=true", resume_after=3
+    )
+    assert resumed_rows == rows
+    for key, value in weights.items():
+        assert torch.equal(value, resumed[key]), key
+
+
+# -- batch selection builds only what it trains on ------------------------------------------------
+def test_selective_backprop_never_makes_the_loop_build_rows_it_discards(tmp_path, monkeypatch):
+    cfg = tiny_config(
+        "gpt", tmp_path / "run", "budget=4steps", "method=selective_backprop", "train.prefetch=true"
+    )
+    trainer = open_run(cfg, progress=False)
+    built = []
+    original = trainer.stream.batch
+
+    def counted(step, start=0, stop=None):
+        built.append((step, start, stop))
+        return original(step, start, stop)
+
+    monkeypatch.setattr(trainer.stream, "batch", counted)
+    try:
+        trainer.run()
+    finally:
+        _close(trainer)
+    (method,) = trainer.state.methods
+    # Only its candidate chunks (whole batches, read by the method): no row built by the loop,
+    # in the foreground or ahead of time.
+    assert len(built) == method.next_chunk > 4
+    assert all((start, stop) == (0, None) for _, start, stop in built)
+    assert trainer._prefetcher().hits == 0

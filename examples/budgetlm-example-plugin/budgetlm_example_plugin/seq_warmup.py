@@ -42,10 +42,10 @@ corruption builds encoder inputs and decoder targets together (cutting one orpha
 the other).
 
 **Refused combinations** (`incompatible`).
-- `selective_backprop` and `rho_loss` replace each micro-batch in `before_batch` with examples
-  they chose by full-length selection forwards: after this method in a `+` spec they undo its
-  cut (a step trained at full length but charged at the short one), and either way they rank
-  examples by their full-length loss while the step trains on prefixes.
+- `selective_backprop` and `rho_loss` choose each step's examples by their loss over the full
+  length, while the step would train on their prefixes: a ranking of other examples than the
+  ones trained on. (Charging would be right: they supply their rows through
+  `Method.batch_rows`, and every `before_batch`, this cut included, runs on those.)
 - `staged`: a growth during the warm-up trains the grown model at short lengths, shapes neither
   method declares (`shapes_used` sees one method's options at a time), so an RST budget would
   fail at the growth instead of refusing the run before it starts.
