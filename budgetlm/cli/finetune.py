@@ -28,6 +28,14 @@ class _BadOption(SystemExit):
         return self.message
 
 
+class _DefaultFloat(float):
+    """An option's default, as opposed to the same value given on the command line."""
+
+
+class _DefaultInt(int):
+    """An option's default, as opposed to the same value given on the command line."""
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -39,9 +47,11 @@ def _fraction(text: str) -> float:
 
 
 def register(subparsers: Any) -> None:
+    from budgetlm.finetune.instructions.protocol import InstructionProtocol
     from budgetlm.finetune.protocol import Protocol
+    from budgetlm.finetune.suites import SUITES
 
-    d = Protocol()
+    d, i = Protocol(), InstructionProtocol()
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune a run's final model on a suite of downstream tasks",
@@ -67,13 +77,50 @@ def register(subparsers: Any) -> None:
         help="the control: fine-tune the run's architecture from random weights instead "
         "(one initialisation per fine-tuning seed), same protocol; results go to --out",
     )
-    p.add_argument("--suite", default="offline", choices=["offline", "glue", "superglue"])
+    p.add_argument(
+        "--suite",
+        default="offline",
+        choices=list(SUITES),
+        help="instructions / sni: fine-tune one T5 on instruction tasks and report ROUGE-L on "
+        "held-out tasks (nanoT5's Super-Natural Instructions protocol)",
+    )
     p.add_argument("--tasks", nargs="+", help="a subset of the suite's tasks")
-    p.add_argument("--data-dir", help="GLUE/SuperGLUE files in the official layout")
+    p.add_argument(
+        "--data-dir",
+        help="GLUE/SuperGLUE files in the official layout; for sni, SNI's own layout",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="fine-tuning seeds")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    # Defaults of the classification suites, told apart from a value given (the instruction
+    # suites have their own: see the group below).
+    p.add_argument("--lr", type=float, default=_DefaultFloat(d.lr))
+    p.add_argument("--batch-size", type=int, default=_DefaultInt(d.batch_size))
+    p.add_argument("--epochs", type=int, default=_DefaultInt(d.epochs))
+    g = p.add_argument_group(
+        "instruction suites (instructions, sni)",
+        f"nanoT5's protocol: --lr {i.lr} (constant), --batch-size {i.batch_size}, --epochs "
+        f"{i.epochs} unless given",
+    )
+    g.add_argument("--steps", type=int, help="cap on optimizer steps (default: the epochs)")
+    g.add_argument(
+        "--max-instances",
+        type=int,
+        help=f"instances per training task (default {i.max_instances})",
+    )
+    g.add_argument(
+        "--max-eval-instances",
+        type=int,
+        help=f"instances per held-out task (default {i.max_eval_instances})",
+    )
+    g.add_argument(
+        "--max-source-len",
+        type=int,
+        help=f"prompt tokens, cut further to the model's (default {i.max_source_len})",
+    )
+    g.add_argument(
+        "--max-target-len",
+        type=int,
+        help=f"target tokens, cut further to the model's (default {i.max_target_len})",
+    )
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument(
         "--select",
@@ -98,20 +145,11 @@ def register(subparsers: Any) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from budgetlm.finetune.control import finetune_random_init
-    from budgetlm.finetune.protocol import Protocol
     from budgetlm.finetune.run import finetune_run, results_dir_for
     from budgetlm.finetune.store import results_path
 
     try:
-        protocol = Protocol(
-            lr=args.lr,
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            max_length=args.max_length,
-            select=args.select,
-            max_train=args.max_train,
-            max_eval=args.max_eval,
-        )
+        protocol = _protocol(args)
     except ValueError as e:
         print(f"budgetlm finetune: error: {e}", file=sys.stderr)
         raise _BadOption(f"budgetlm finetune: error: {e}") from e
@@ -156,6 +194,55 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         where = run.keywords["out_dir"] if isinstance(run, partial) else results_dir_for(run_dir)
         print(f"  results: {results_path(where, args.suite)}")
     return 0
+
+
+INSTRUCTION_OPTIONS = (
+    "steps",
+    "max_instances",
+    "max_eval_instances",
+    "max_source_len",
+    "max_target_len",
+)
+CLASSIFICATION_OPTIONS = ("max_length", "select", "max_train", "max_eval")
+
+
+def _given(args: argparse.Namespace, names: Any) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _protocol(args: argparse.Namespace) -> Any:
+    """The suite's protocol from the options given (ValueError: a value it refuses, or an
+    option of the other kind of suite)."""
+    from budgetlm.finetune.instructions.protocol import InstructionProtocol, is_instruction_suite
+    from budgetlm.finetune.protocol import Protocol
+
+    shared = {
+        k: v
+        for k, v in _given(args, ("lr", "batch_size", "epochs")).items()
+        if not isinstance(v, _DefaultFloat | _DefaultInt)
+    }
+    if is_instruction_suite(args.suite):
+        c = Protocol()  # the classification options' defaults: an option left as it is
+        wrong = [
+            f"--{n.replace('_', '-')}"
+            for n in CLASSIFICATION_OPTIONS
+            if getattr(args, n) not in (None, getattr(c, n))
+        ]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: not an option of suite {args.suite!r}")
+        return InstructionProtocol(**shared, **_given(args, INSTRUCTION_OPTIONS))
+    wrong = [f"--{n.replace('_', '-')}" for n in _given(args, INSTRUCTION_OPTIONS)]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: options of the instruction suites only")
+    return Protocol(
+        lr=float(args.lr),
+        batch_size=int(args.batch_size),
+        epochs=int(args.epochs),
+        max_length=args.max_length,
+        select=args.select,
+        max_train=args.max_train,
+        max_eval=args.max_eval,
+    )
 
 
 def _print_results(run_dir: str, args: argparse.Namespace, results: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from budgetlm.config import Config, load_config
 from budgetlm.errors import UserError
+from budgetlm.finetune.instructions.protocol import is_instruction_suite
 from budgetlm.finetune.protocol import Protocol
 from budgetlm.finetune.run import check_tasks, finetune_suite, load_suite
 from budgetlm.finetune.store import prepare_results_dir, read_suite
@@ -84,6 +85,10 @@ def finetune_random_init(
     data is prepared."""
     from budgetlm.train.run_data import resolve_data
 
+    if is_instruction_suite(suite):
+        return _random_init_instructions(
+            source, suite, out_dir, tasks, seeds, protocol, data_dir, device
+        )
     tasks = check_tasks(suite, tasks)  # before preparing any data
     cfg, shape, label = control_source(source)
     loaded = load_suite(suite, tasks, data_dir, max_dropped=max_dropped)
@@ -107,6 +112,45 @@ def finetune_random_init(
             "run_dir": label,
             "init": RANDOM_INIT,
             "init_seeds": list(seeds),
+            "shape": dataclasses.asdict(shape),
+        },
+    )
+
+
+def _random_init_instructions(
+    source: str | Path | Config,
+    suite: str,
+    out_dir: str | Path,
+    tasks: Sequence[str] | None,
+    seeds: Sequence[int],
+    protocol: Any,
+    data_dir: str | Path | None,
+    device: str,
+) -> dict[str, Any]:
+    """The control on an instruction suite: `finetune_instructions` from fresh weights."""
+    from budgetlm.finetune.instructions.train import finetune_instructions, load_instructions
+    from budgetlm.finetune.run import instruction_protocol
+    from budgetlm.train.run_data import resolve_data
+
+    protocol = instruction_protocol(suite, tasks, protocol)
+    cfg, shape, label = control_source(source)
+    loaded = load_instructions(suite, data_dir, protocol)
+    prepare_results_dir(out_dir)
+    read_suite(out_dir, suite)
+    data = resolve_data(cfg, progress=False)
+    shape = shape or data.shape
+    return finetune_instructions(
+        lambda seed: random_backbone(shape, seed),
+        data.dataset.tokenizer,
+        loaded,
+        Path(out_dir),
+        seeds=seeds,
+        protocol=protocol,
+        device=device,
+        record={
+            "run_dir": label,
+            "init": RANDOM_INIT,
+            "init_seeds": list(dict.fromkeys(seeds)),
             "shape": dataclasses.asdict(shape),
         },
     )

@@ -199,10 +199,16 @@ def fetch_bigbench_sdist(directory: Path, url: str | None = None) -> Path:
     return path
 
 
-def extract_bigbench_tasks(sdist: Path, directory: Path, tasks: Iterable[str]) -> None:
-    """Extract only the task.json files of `tasks` (one pass over the archive)."""
-    wanted = {f"/bigbench/benchmark_tasks/{BIGBENCH_TASKS[t]}/task.json": t for t in tasks}
+def extract_bigbench_tasks(
+    sdist: Path, directory: Path, tasks: Iterable[str], paths: dict[str, str] | None = None
+) -> None:
+    """Extract only the task.json files of `tasks` (one pass over the archive) into
+    `directory/<task>.json`; `paths` maps each task to its folder under benchmark_tasks/
+    (default `BIGBENCH_TASKS`)."""
+    paths = BIGBENCH_TASKS if paths is None else paths
+    wanted = {f"/bigbench/benchmark_tasks/{paths[t]}/task.json": t for t in tasks}
     found: set[str] = set()
+    directory.mkdir(parents=True, exist_ok=True)
     with tarfile.open(sdist, "r:gz") as archive:
         for member in archive:
             suffix = member.name[member.name.find("/") :]

@@ -26,6 +26,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from budgetlm.finetune.instructions.protocol import is_instruction_suite
 from budgetlm.finetune.loop import Protocol, TaskResult, finetune_task
 from budgetlm.finetune.store import (
     ResultsError,
@@ -272,6 +273,57 @@ def finetune_suite(
     return _save(out_dir, suite, head, done, started)
 
 
+def instruction_protocol(suite: str, tasks: Sequence[str] | None, protocol: Any) -> Any:
+    """The InstructionProtocol of an instruction-suite call (default: nanoT5's), refusing
+    `tasks` (held-out tasks come from the data) and a classification protocol."""
+    from budgetlm.finetune.instructions.protocol import InstructionProtocol
+
+    if tasks:
+        raise TaskError(
+            f"suite {suite!r} takes no --tasks: its training and held-out tasks come from the data"
+        )
+    if protocol is None:
+        return InstructionProtocol()
+    if not isinstance(protocol, InstructionProtocol):
+        raise TaskError(f"suite {suite!r} takes an instruction protocol, not {protocol!r}")
+    return protocol
+
+
+def _finetune_run_instructions(
+    run_dir: Path,
+    suite: str,
+    out_dir: str | Path | None,
+    tasks: Sequence[str] | None,
+    seeds: Sequence[int],
+    protocol: Any,
+    data_dir: str | Path | None,
+    device: str,
+) -> dict[str, Any]:
+    from budgetlm.finetune.instructions.train import finetune_instructions, load_instructions
+    from budgetlm.interop.hf_import import is_hf_bert_dir
+
+    protocol = instruction_protocol(suite, tasks, protocol)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    if is_hf_bert_dir(run_dir):
+        raise TaskError(f"suite {suite!r} fine-tunes T5 or GPT runs; {run_dir} is a BERT model")
+    loaded = load_instructions(suite, data_dir, protocol)  # before the model is loaded
+    out_dir = Path(out_dir or run_dir)
+    prepare_results_dir(out_dir)
+    read_suite(out_dir, suite)
+    backbone, tokenizer = load_backbone(run_dir)
+    return finetune_instructions(
+        lambda seed: backbone,
+        tokenizer,
+        loaded,
+        out_dir,
+        seeds=seeds,
+        protocol=protocol,
+        device=device,
+        record={"run_dir": str(run_dir)},
+    )
+
+
 def results_dir_for(run_dir: str | Path) -> Path:
     """Where `finetune_run` stores results without an `out_dir`: in the run itself, or for a
     transformers BERT directory next to runs, in runs/hf-NAME."""
@@ -300,8 +352,13 @@ def finetune_run(
 ) -> dict[str, Any]:
     """Fine-tune a run's newest checkpoint (or a transformers BERT directory) on a suite and
     merge the scores into `out_dir` (default: the run itself) `/finetune/<suite>.json`. The
-    tasks' data and an explicit `out_dir` are checked before the model is loaded."""
+    tasks' data and an explicit `out_dir` are checked before the model is loaded. An
+    instruction suite (`instructions`, `sni`) takes an `InstructionProtocol` and no tasks."""
     run_dir = Path(run_dir)
+    if is_instruction_suite(suite):
+        return _finetune_run_instructions(
+            run_dir, suite, out_dir, tasks, seeds, protocol, data_dir, device
+        )
     tasks = check_tasks(suite, tasks)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from budgetlm.finetune.instructions.protocol import INSTRUCTION_SUITES
 from budgetlm.finetune.tasks import TaskData, TaskError
 
-SUITES = ("offline", "glue", "superglue")
+SUITES = ("offline", "glue", "superglue", "instructions", "sni")
+# INSTRUCTION_SUITES: text-to-text suites scored with ROUGE-L (budgetlm.finetune.instructions):
+# one model is fine-tuned on their training tasks and scored on held-out tasks, both read from
+# the data, so they have no fixed task list and take no `tasks`.
 
 
 def suite_tasks(suite: str) -> list[str]:
@@ -23,6 +27,8 @@ def suite_tasks(suite: str) -> list[str]:
         from budgetlm.finetune.superglue import SUPERGLUE_TASKS
 
         return list(SUPERGLUE_TASKS)
+    if suite in INSTRUCTION_SUITES:
+        return []
     raise TaskError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
 
 
@@ -30,6 +36,11 @@ def task_loader(suite: str, data_dir: str | Path | None = None) -> Callable[[str
     """A function task -> TaskData. GLUE/SuperGLUE read `data_dir` (the official layout) when
     given, else the Hugging Face hub or its local cache."""
     suite_tasks(suite)  # validates the name
+    if suite in INSTRUCTION_SUITES:
+        raise TaskError(
+            f"suite {suite!r} is fine-tuned as a whole (budgetlm.finetune.instructions), not "
+            "task by task"
+        )
     if suite == "offline":
         from budgetlm.finetune.offline import load_offline
 

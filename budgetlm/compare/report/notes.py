@@ -303,6 +303,18 @@ REFERENCES_NOTE = (
 
 def downstream_note(d: Downstream) -> str:
     p = d.protocol
+    if p.get("metric") == "rougeL":  # an instruction suite (budgetlm.finetune.instructions)
+        steps = f", at most {p['steps']} steps" if p.get("steps") else ""
+        return (
+            f"Each pre-trained run (one per seed) fine-tuned on the training tasks of {d.suite} "
+            f"(nanoT5's Super-Natural Instructions protocol): {p.get('optimizer')} at a constant "
+            f"lr {p.get('lr')}, batch {p.get('batch_size')}, {p.get('epochs')} epochs{steps}, "
+            f"at most {p.get('max_instances')} instances per task, prompts of at most "
+            f"{p.get('max_source_len')} tokens and targets of {p.get('max_target_len')} (cut "
+            "further to the model's lengths); held-out tasks decoded greedily and scored with "
+            "ROUGE-L (x100, best over each instance's references), averaged over fine-tuning "
+            "seeds; the suite average is the mean over held-out tasks. Higher is better."
+        )
     select = (
         "the best epoch on validation (max over epochs: optimistic, it selects on what it reports)"
         if p.get("select") == "max"

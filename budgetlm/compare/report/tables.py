@@ -467,7 +467,8 @@ def downstream_table(report: Report, budget: str, d: Downstream) -> list[Downstr
 
 def downstream_header(d: Downstream) -> list[str]:
     control = [CONTROL_HEADER] if d.control is not None else []
-    return ["arm", "n", f"{d.suite} average", DELTA_HEADER, "verdict", *control, *d.tasks]
+    metric = " (ROUGE-L)" if d.protocol.get("metric") == "rougeL" else ""
+    return ["arm", "n", f"{d.suite} average{metric}", DELTA_HEADER, "verdict", *control, *d.tasks]
 
 
 DOWNSTREAM_VERDICT_COLUMN = 4

@@ -295,11 +295,11 @@ def finetune_cell(cell_dir: Path) -> int:
     spec = json.loads(spec_path.read_text())
     if has_results(read_results(cell_dir), spec["suite"], spec.get("tasks")):
         return 0
-    from budgetlm.finetune.protocol import Protocol
+    from budgetlm.finetune.instructions.protocol import protocol_from_spec
     from budgetlm.finetune.run import finetune_run
 
     (cell_dir / FINETUNE_ERROR).unlink(missing_ok=True)
-    protocol = Protocol.from_spec(spec)
+    protocol = protocol_from_spec(spec)
     try:
         results = finetune_run(
             cell_dir,

@@ -132,7 +132,7 @@ def run_control(folder: Path) -> int:
         if spec["suite"] in read_results(folder):
             return 0
         from budgetlm.finetune.control import finetune_random_init
-        from budgetlm.finetune.protocol import Protocol
+        from budgetlm.finetune.instructions.protocol import protocol_from_spec
 
         (folder / ERROR_FILE).unlink(missing_ok=True)
         try:
@@ -142,7 +142,7 @@ def run_control(folder: Path) -> int:
                 out_dir=folder,
                 tasks=spec.get("tasks"),
                 seeds=spec.get("seeds", [1]),
-                protocol=Protocol.from_spec(spec),
+                protocol=protocol_from_spec(spec),
                 data_dir=spec.get("data_dir"),
                 progress=False,
                 **finetune_limits(spec),

@@ -44,6 +44,17 @@ FINETUNE_KEYS = (
     "max_train",
     "max_eval",
     "max_dropped",
+    # the instruction suites (instructions, sni): budgetlm.finetune.instructions.protocol
+    "steps",
+    "max_instances",
+    "max_eval_instances",
+    "max_source_len",
+    "max_target_len",
+    "num_pos_examples",
+    "add_task_definition",
+    "optimizer",
+    "warmup_steps",
+    "eval_batch_size",
 )
 ARM_KEYS = ("name", "description", "method", "optim", "set", "lr_grid", "tune")
 # Written by `compare` into experiment.json (so the report needs no config, hence no torch).

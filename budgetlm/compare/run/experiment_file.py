@@ -354,7 +354,7 @@ def _finetune(raw: Any, root: Path) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         raise ExperimentError("finetune: must be a mapping (suite, tasks, seeds, epochs, ...)")
     _check_keys(raw, FINETUNE_KEYS, "finetune.")
-    from budgetlm.finetune.protocol import Protocol
+    from budgetlm.finetune.instructions.protocol import protocol_from_spec
     from budgetlm.finetune.suites import suite_tasks
     from budgetlm.finetune.tasks import TaskError
 
@@ -365,7 +365,7 @@ def _finetune(raw: Any, root: Path) -> dict[str, Any] | None:
         unknown = [t for t in spec.get("tasks") or [] if t not in known]
         if unknown:
             raise TaskError(f"suite {spec['suite']!r} has no task {unknown}")
-        Protocol.from_spec(spec)
+        protocol_from_spec(spec)
     except (TaskError, ValueError, TypeError) as e:
         raise ExperimentError(f"finetune: {e}") from e
     if spec.get("data_dir"):
