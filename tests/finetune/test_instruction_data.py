@@ -23,8 +23,8 @@ from budgetlm.finetune.instructions.data import (
     cap_instances,
     check_no_contamination,
     count_positive_examples,
-    load_instruction_suite,
 )
+from budgetlm.finetune.instructions.suites import load_instruction_suite
 from budgetlm.finetune.tasks import DroppedRowsWarning, TaskError
 
 FIXTURES = Path(__file__).parent / "fixtures"

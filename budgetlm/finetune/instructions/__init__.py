@@ -7,6 +7,8 @@ decoding and ROUGE-L against the references (`rouge-score`).
 
 - `data.py`     the data model (`Instance`, `InstructionTask`, `InstructionSuite`), prompts
                 (`PromptSettings`, `build_prompt`) and the contamination check
+- `suites.py`   `load_instruction_suite`: a suite by name, loaded, capped and checked
+- `protocol.py` the fine-tuning protocol (nanoT5's values), the suite names
 - `sni.py`      Super-Natural Instructions: SNI's own layout from a local path, the hub copy
 - `offline.py`  the offline suite: Natural Instructions tasks from the `bigbench` sdist
 - `train.py`    fine-tuning and greedy decoding (T5; GPT as a decoder-only variant)

@@ -7,12 +7,14 @@ score.py). Prompts follow Tk-Instruct / nanoT5's SNI recipe (docs/finetune.md ci
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import string
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from budgetlm.finetune.tasks import TaskError, TaskFileError
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,6 @@ def _text_hash(text: str) -> bytes:
 
 def check_disjoint_tasks(suite: InstructionSuite) -> None:
     """Raise `TaskError` when a held-out task is also a training task (by name)."""
-    from budgetlm.finetune.tasks import TaskError
-
     train_names = {t.name for t in suite.train}
     shared = sorted(t.name for t in suite.test if t.name in train_names)
     if shared:
@@ -156,8 +156,6 @@ def check_no_contamination(suite: InstructionSuite) -> None:
     """Raise `TaskError` when a held-out task is also a training task (by name), or when a
     held-out instance's input appears verbatim (up to whitespace) among the training
     instances' inputs or positive examples. Costs one 16-byte hash per training input."""
-    from budgetlm.finetune.tasks import TaskError
-
     check_disjoint_tasks(suite)
     seen: dict[bytes, str] = {}
     for task in suite.train:
@@ -195,48 +193,15 @@ def decontaminate(suite: InstructionSuite) -> InstructionSuite:
 
 # -- suites -------------------------------------------------------------------------------------
 
-SUITES = ("sni", "instructions")
 
-
-def load_instruction_suite(
-    name: str, data_dir: str | Path | None, settings: PromptSettings
-) -> InstructionSuite:
-    """Load, cap and check a suite: "sni" (Super-Natural Instructions from `data_dir` in SNI's
-    layout, or the hub copy when `data_dir` is None) or "instructions" (the offline suite
-    from BIG-bench; `data_dir` a folder of its task files, else the BIG-bench cache).
-
-    Held-out tasks keep at most `max_instances_per_eval_task` instances (`cap_instances`,
-    seed 0); training instances whose input is one of those held-out inputs are dropped
-    (`decontaminate`, warned about as a `DroppedRowsWarning`), then training tasks keep at
-    most `max_instances_per_task`. The result passed `check_no_contamination`."""
-    from budgetlm.finetune.tasks import DroppedRowsWarning, TaskError
-
-    if name == "sni":
-        from budgetlm.finetune.instructions import sni
-
-        suite = sni.load_sni(data_dir, settings)
-    elif name == "instructions":
-        from budgetlm.finetune.instructions import offline
-
-        suite = offline.load_offline_instructions(data_dir, settings)
-    else:
-        raise TaskError(f"unknown instruction suite {name!r} (known: {', '.join(SUITES)})")
-    check_disjoint_tasks(suite)  # before `decontaminate`, which would empty such a task
-    suite = replace(
-        suite, test=tuple(capped(t, settings.max_instances_per_eval_task) for t in suite.test)
-    )
-    suite = decontaminate(suite)
-    if suite.decontaminated:
-        warnings.warn(
-            f"{suite.name}: dropped {suite.decontaminated} training instance(s) whose input is "
-            "also a held-out input",
-            DroppedRowsWarning,
-            stacklevel=2,
-        )
-    suite = replace(
-        suite, train=tuple(capped(t, settings.max_instances_per_task) for t in suite.train)
-    )
-    if not suite.train or not suite.test:
-        raise TaskError(f"{suite.name}: no training or no held-out tasks ({suite.source})")
-    check_no_contamination(suite)
-    return suite
+def read_task_json(path: Path, what: str) -> dict:
+    """A task file's JSON object; a missing, unreadable or malformed file is one TaskError
+    naming it (`what` says whose task file it is)."""
+    if not path.is_file():
+        raise TaskFileError(f"{path}: {what} task file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise TaskError(f"{path}: cannot read the task file ({e})") from e
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{path}: malformed JSON ({e})") from e

@@ -48,7 +48,6 @@ BIG-bench's data is Apache-2.0 licensed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ from budgetlm.finetune.instructions.data import (
     InstructionSuite,
     InstructionTask,
     PromptSettings,
+    read_task_json,
 )
 from budgetlm.finetune.tasks import TaskError, TaskFileError
 
@@ -169,15 +169,7 @@ def parse_task(raw: Any, name: str, path: Path) -> InstructionTask:
 
 
 def read_task(path: Path, name: str) -> InstructionTask:
-    if not path.is_file():
-        raise TaskFileError(f"{path}: task file of the offline instruction suite not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise TaskError(f"{path}: cannot read the task file ({e})") from e
-    except json.JSONDecodeError as e:
-        raise TaskError(f"{path}: malformed JSON ({e})") from e
-    return parse_task(raw, name, path)
+    return parse_task(read_task_json(path, "offline instruction suite"), name, path)
 
 
 def load_task_dir(directory: Path) -> InstructionSuite:

@@ -22,7 +22,6 @@ label-balanced; Tk-Instruct and nanoT5 read them the same way), then capped to
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +32,7 @@ from budgetlm.finetune.instructions.data import (
     InstructionSuite,
     InstructionTask,
     PromptSettings,
+    read_task_json,
 )
 from budgetlm.finetune.tasks import TaskError, TaskFileError
 
@@ -133,15 +133,7 @@ def parse_task(raw: Any, name: str, path: Path, *, head: int | None = None) -> I
 
 
 def read_task(path: Path, name: str, *, head: int | None = None) -> InstructionTask:
-    if not path.is_file():
-        raise TaskFileError(f"{path}: SNI task file not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise TaskError(f"{path}: cannot read the task file ({e})") from e
-    except json.JSONDecodeError as e:
-        raise TaskError(f"{path}: malformed JSON ({e})") from e
-    return parse_task(raw, name, path, head=head)
+    return parse_task(read_task_json(path, "SNI"), name, path, head=head)
 
 
 def load_sni_dir(root: Path) -> InstructionSuite:

@@ -43,7 +43,6 @@ from budgetlm.finetune.instructions.data import (
     build_prompt,
     cap_instances,
     check_no_contamination,
-    load_instruction_suite,
 )
 from budgetlm.finetune.instructions.protocol import (
     ADAMW_BETAS,
@@ -52,6 +51,7 @@ from budgetlm.finetune.instructions.protocol import (
     is_instruction_suite,
 )
 from budgetlm.finetune.instructions.score import METRIC, suite_rouge_l
+from budgetlm.finetune.instructions.suites import load_instruction_suite
 from budgetlm.finetune.store import prepare_results_dir, read_suite, write_results
 from budgetlm.finetune.tasks import TaskError
 from budgetlm.models.output import IGNORE_INDEX
