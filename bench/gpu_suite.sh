@@ -87,7 +87,8 @@ if ((SMOKE)); then
     SBS_LIMIT=(300 300 300)
     # Two sizes (T5's two stacks need two to fit), large enough that a tiny model's passes are
     # not all launch overhead and load: the fit refuses a cost that does not grow with depth.
-    CALIBRATE_ARGS=(--repeats 3 --warmup 1 --batch-sizes 16 32 --tolerance 100)
+    # Short whole-loop runs for the overheads: the smoke checks the stages, not the figures.
+    CALIBRATE_ARGS=(--repeats 2 --warmup 1 --batch-sizes 8 16 --tolerance 100 --loop-steps 8)
     CALIBRATE_LIMIT=600
     FIDELITY_BUDGET=${FIDELITY_BUDGET:-0.5s-rst}
     TOTAL_S=3600

@@ -60,6 +60,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--warmup", type=int, default=2, help="untimed repeats before each point")
     p.add_argument(
+        "--loop-steps",
+        type=int,
+        default=24,
+        help="steps of each whole-loop run that fits the loop's overheads (the first quarter "
+        "warm up; at least 8)",
+    )
+    p.add_argument(
         "--tolerance", type=float, default=0.25, help="largest relative residual from the fit"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -109,6 +116,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 0
     if not args.configs or not args.out:
         raise ConfigError("calibrate needs CONFIG... and --out TABLE.json (or --rehash TABLE.json)")
+    if args.loop_steps < 8:  # a quarter warms up; the median needs a few steps after it
+        raise ConfigError(f"--loop-steps must be at least 8, got {args.loop_steps}")
     out = Path(args.out)
     table = None
     refused: list[str] = []
@@ -125,6 +134,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             progress=not args.quiet,
             tolerance=args.tolerance,
+            loop_steps=args.loop_steps,
         )
         if table is None:
             table = CostTable(machine, tolerance=args.tolerance)

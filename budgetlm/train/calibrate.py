@@ -162,8 +162,12 @@ def calibrate_config(
     warmup: int = 2,
     progress: bool = True,
     tolerance: float = 0.25,
+    loop_steps: int = 24,
 ) -> tuple[ShapeCosts, dict[str, Any]]:
     """Measure the model shape a run config trains (after fitting it to its data).
+
+    `loop_steps`: steps of each whole-loop timing run that fits the loop's overheads
+    (`measure_loop_overhead`; the first quarter are warm-up).
 
     Default batch sizes: the micro-batch and its half and quarter. Default optimizers: the
     config's own and AdamW. Returns the entry and the machine description.
@@ -222,7 +226,7 @@ def calibrate_config(
         tolerance=tolerance,
     )
     entry.refit()
-    overheads = measure_loop_overhead(cfg, entry)
+    overheads = measure_loop_overhead(cfg, entry, steps=loop_steps)
     entry.loop_overhead, entry.micro_batch_overhead = overheads.per_step, overheads.per_micro_batch
     if progress:
         print(f"{label}: {overheads.describe()}", file=sys.stderr)

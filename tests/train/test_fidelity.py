@@ -124,6 +124,13 @@ def test_check_only_options_need_check(capsys):
     assert "only with --check" in capsys.readouterr().err
 
 
+def test_too_few_loop_steps_are_refused_before_any_timing(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["calibrate", CONFIG, "--out", str(out), "--loop-steps", "4"]) == 2
+    assert "--loop-steps must be at least 8" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_the_command_writes_the_report_and_exits_by_the_bound(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fidelity, "run_arm", Planted())
     out = tmp_path / "check.json"
