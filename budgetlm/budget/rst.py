@@ -237,6 +237,7 @@ class CostTable:
     tolerance: float = 0.25
     version: int = TABLE_VERSION
     source: str = ""
+    _shape_keys: dict[Any, str] = field(default_factory=dict, repr=False, compare=False)
 
     # -- content and identity ---------------------------------------------------------------
     def to_dict(self, derived: bool = True) -> dict[str, Any]:
@@ -359,7 +360,16 @@ class CostTable:
 
     # -- pricing ------------------------------------------------------------------------------
     def entry_for(self, shape: Any) -> ShapeCosts | None:
-        return self.entries.get(shape_key(shape))
+        # Every pass of every step is priced through here (twice a step: planned, charged), and
+        # a shape's key is a hash of all its fields: memoised for the (frozen, hashable)
+        # ModelShape the loop passes.
+        try:
+            key = self._shape_keys.get(shape)
+        except TypeError:  # a plain dict of fields
+            return self.entries.get(shape_key(shape))
+        if key is None:
+            key = self._shape_keys[shape] = shape_key(shape)
+        return self.entries.get(key)
 
     def cost_function(
         self, optimizer: str, fallback: str = "refuse", on_warning: Callable[[str], None] = None
@@ -377,23 +387,26 @@ class CostTable:
                 (on_warning or (lambda m: warnings.warn(m, stacklevel=3)))(message)
 
         def price_pass(p: Pass) -> float:
+            """The pass, and for a training micro-batch of the loop its per-micro-batch
+            overhead (an uncovered shape, priced from FLOPs, has no measured loop)."""
             entry = self.entry_for(p.shape)
             if entry is not None:
-                return entry.pass_seconds(p.kind, p.batch_size, dict(p.active_layers))
+                seconds = entry.pass_seconds(p.kind, p.batch_size, dict(p.active_layers))
+                if p.kind == "train" and p.purpose == "training":
+                    seconds += entry.micro_batch_overhead
+                return seconds
             if fallback != "flops":
                 raise TableError(self.not_covered_message(p.shape))
             warn(f"RST for an uncovered shape ({_describe(p.shape)}) estimated from FLOPs")
             return p.flops * self.seconds_per_flop(p.kind)
 
         def parts(work: Work) -> dict[str, float]:
+            # The per-micro-batch overhead goes with its pass, under "training" (reports split by
+            # the four purposes training, selection, hessian, optimizer); the per-step
+            # `loop_overhead` goes with the optimizer step.
             split: dict[str, float] = {}
             for p in work.passes:
                 split[p.purpose] = split.get(p.purpose, 0.0) + price_pass(p)
-                if p.kind == "train" and p.purpose == "training":
-                    # One micro-batch of the loop: its per-micro-batch overhead goes with it, under
-                    # "training" (reports split by the four purposes training, selection,
-                    # hessian, optimizer; the per-step `loop_overhead` stays in "optimizer").
-                    split["training"] += self.micro_batch_overhead(p)
             if work.optimizer_steps:
                 split["optimizer"] = work.optimizer_steps * self.optimizer_seconds(
                     work, optimizer, fallback, warn
@@ -405,12 +418,6 @@ class CostTable:
 
         price.parts = parts  # type: ignore[attr-defined]
         return price
-
-    def micro_batch_overhead(self, p: Pass) -> float:
-        """The loop's per-micro-batch overhead for training pass `p` (0 for an uncovered shape,
-        priced from FLOPs, which has no measured loop)."""
-        entry = self.entry_for(p.shape)
-        return entry.micro_batch_overhead if entry is not None else 0.0
 
     def optimizer_seconds(
         self, work: Work, optimizer: str, fallback: str, warn: Callable[[str], None]

@@ -127,32 +127,31 @@ def _random_init_instructions(
     data_dir: str | Path | None,
     device: str,
 ) -> dict[str, Any]:
-    """The control on an instruction suite: `finetune_instructions` from fresh weights."""
-    from budgetlm.finetune.instructions.train import finetune_instructions, load_instructions
-    from budgetlm.finetune.run import instruction_protocol
+    """The control on an instruction suite: the same fine-tuning from fresh weights."""
+    from budgetlm.finetune.instructions.train import finetune_instruction_suite
     from budgetlm.train.run_data import resolve_data
 
-    protocol = instruction_protocol(suite, tasks, protocol)
-    cfg, shape, label = control_source(source)
-    loaded = load_instructions(suite, data_dir, protocol)
-    prepare_results_dir(out_dir)
-    read_suite(out_dir, suite)
-    data = resolve_data(cfg, progress=False)
-    shape = shape or data.shape
-    return finetune_instructions(
-        lambda seed: random_backbone(shape, seed),
-        data.dataset.tokenizer,
-        loaded,
-        Path(out_dir),
-        seeds=seeds,
-        protocol=protocol,
-        device=device,
-        record={
+    def backbone() -> tuple[Any, Any, dict[str, Any]]:
+        cfg, shape, label = control_source(source)
+        data = resolve_data(cfg, progress=False)
+        shape = shape or data.shape
+        record = {
             "run_dir": label,
             "init": RANDOM_INIT,
             "init_seeds": list(dict.fromkeys(seeds)),
             "shape": dataclasses.asdict(shape),
-        },
+        }
+        return (lambda seed: random_backbone(shape, seed)), data.dataset.tokenizer, record
+
+    return finetune_instruction_suite(
+        suite,
+        backbone,
+        out_dir,
+        tasks=tasks,
+        seeds=seeds,
+        protocol=protocol,
+        data_dir=data_dir,
+        device=device,
     )
 
 

@@ -273,22 +273,6 @@ def finetune_suite(
     return _save(out_dir, suite, head, done, started)
 
 
-def instruction_protocol(suite: str, tasks: Sequence[str] | None, protocol: Any) -> Any:
-    """The InstructionProtocol of an instruction-suite call (default: nanoT5's), refusing
-    `tasks` (held-out tasks come from the data) and a classification protocol."""
-    from budgetlm.finetune.instructions.protocol import InstructionProtocol
-
-    if tasks:
-        raise TaskError(
-            f"suite {suite!r} takes no --tasks: its training and held-out tasks come from the data"
-        )
-    if protocol is None:
-        return InstructionProtocol()
-    if not isinstance(protocol, InstructionProtocol):
-        raise TaskError(f"suite {suite!r} takes an instruction protocol, not {protocol!r}")
-    return protocol
-
-
 def _finetune_run_instructions(
     run_dir: Path,
     suite: str,
@@ -299,28 +283,27 @@ def _finetune_run_instructions(
     data_dir: str | Path | None,
     device: str,
 ) -> dict[str, Any]:
-    from budgetlm.finetune.instructions.train import finetune_instructions, load_instructions
+    from budgetlm.finetune.instructions.train import finetune_instruction_suite
     from budgetlm.interop.hf_import import is_hf_bert_dir
 
-    protocol = instruction_protocol(suite, tasks, protocol)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")
     if is_hf_bert_dir(run_dir):
         raise TaskError(f"suite {suite!r} fine-tunes T5 or GPT runs; {run_dir} is a BERT model")
-    loaded = load_instructions(suite, data_dir, protocol)  # before the model is loaded
-    out_dir = Path(out_dir or run_dir)
-    prepare_results_dir(out_dir)
-    read_suite(out_dir, suite)
-    backbone, tokenizer = load_backbone(run_dir)
-    return finetune_instructions(
-        lambda seed: backbone,
-        tokenizer,
-        loaded,
-        out_dir,
+
+    def backbone() -> tuple[Callable[[int], nn.Module], Any, dict[str, Any]]:
+        model, tokenizer = load_backbone(run_dir)
+        return (lambda seed: model), tokenizer, {"run_dir": str(run_dir)}
+
+    return finetune_instruction_suite(
+        suite,
+        backbone,
+        out_dir or run_dir,
+        tasks=tasks,
         seeds=seeds,
         protocol=protocol,
+        data_dir=data_dir,
         device=device,
-        record={"run_dir": str(run_dir)},
     )
 
 

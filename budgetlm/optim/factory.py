@@ -94,8 +94,8 @@ def build_optimizer(
     eps = ADAMW_EPS if eps is None else eps
     if name == "adamw":
         # The fused kernel, on CPU too: torch's default there is the per-tensor loop with a
-        # host read of each parameter's step count (8.7 ms a step on gpt-tiny against 0.75 ms
-        # fused, measured side by side on the 2-core Xeon; the RST tables price what runs).
+        # host read of each parameter's step count (3.3-4.7 ms a step on gpt-tiny against 0.82 ms
+        # fused: bench/optimizer_step.py, bench/results/README.md; RST tables price what runs).
         fused = torch.device(device).type in FUSED_ADAMW_DEVICES
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
     return AdamWScale(groups, lr=lr, betas=betas, eps=eps)

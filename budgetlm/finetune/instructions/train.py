@@ -498,3 +498,47 @@ __all__ = [
     "load_instructions",
     "t5_batch",
 ]
+
+
+Backbone = Callable[[], tuple[Callable[[int], nn.Module], Any, dict[str, Any]]]
+
+
+def finetune_instruction_suite(
+    suite: str,
+    backbone: Backbone,
+    out_dir: str | Path,
+    *,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] = (1,),
+    protocol: InstructionProtocol | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """`budgetlm finetune --suite instructions|sni`, of a run or of the random-init control.
+
+    Everything that can be wrong with the input fails first (TaskError, exit 2): `tasks` given,
+    a classification protocol, the suite's data, an unwritable results folder. Only then does
+    `backbone()` load or build the model: it returns (model per fine-tuning seed, tokenizer,
+    what the results record of where the model came from).
+    """
+    if tasks:
+        raise TaskError(
+            f"suite {suite!r} takes no --tasks: its training and held-out tasks come from the data"
+        )
+    protocol = InstructionProtocol() if protocol is None else protocol
+    if not isinstance(protocol, InstructionProtocol):
+        raise TaskError(f"suite {suite!r} takes an instruction protocol, not {protocol!r}")
+    loaded = load_instructions(suite, data_dir, protocol)
+    prepare_results_dir(out_dir)
+    read_suite(out_dir, suite)  # an unreadable results file fails now, not after training
+    backbone_for, tokenizer, record = backbone()
+    return finetune_instructions(
+        backbone_for,
+        tokenizer,
+        loaded,
+        Path(out_dir),
+        seeds=seeds,
+        protocol=protocol,
+        device=device,
+        record=record,
+    )
